@@ -1,0 +1,31 @@
+from typing import Any
+
+import pyarrow as pa
+
+__all__ = [
+    "SimulationError",
+    "SystemConfigError",
+    "TraceError",
+    "TracesimError",
+    "__version__",
+    "simulate",
+    "validate",
+]
+
+__version__: str
+
+class TracesimError(Exception): ...
+class TraceError(TracesimError): ...
+class SystemConfigError(TracesimError): ...
+class SimulationError(TracesimError): ...
+
+def validate(ops: Any, groups: Any | None, ranks: int) -> None: ...
+def simulate(
+    ops: Any,
+    groups: Any | None,
+    ranks: int,
+    system_json: str,
+    source_system_json: str | None,
+    compute_model: str,
+    network: str,
+) -> tuple[pa.RecordBatch, str, str, str]: ...

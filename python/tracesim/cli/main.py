@@ -1,0 +1,201 @@
+"""`tracesim` commands. Errors print one line on stderr and exit non-zero; the traceback
+only with TRACESIM_DEBUG=1."""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from tracesim.exceptions import TracesimError
+from tracesim.simulate import ComputeModelName, NetworkModelName, Result, simulate
+from tracesim.system import PRESET_KINDS, load_device, load_system, preset_names
+from tracesim.trace import read_trace
+
+app = typer.Typer(
+    name="tracesim",
+    help="Replay AI training and inference traces on hardware that does not exist yet.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+)
+console = Console()
+
+
+def _ms(ns: float) -> str:
+    return f"{ns / 1e6:,.3f} ms"
+
+
+def print_summary(result: Result, title: str, max_ranks: int = 8) -> None:
+    s = result.summary
+    console.print(f"[bold]{title}[/bold]")
+    console.print(
+        f"  system {s['system']['name']} ({s['system']['nodes']} x {s['system']['devices_per_node']} "
+        f"{s['system']['device']['name']}), compute model {s['compute_model']}, network {s['network_model']}"
+    )
+    mfu = "n/a" if s["mfu"] is None else f"{s['mfu'] * 100:.1f}%"
+    console.print(
+        f"  makespan {_ms(s['makespan_ns'])}   energy {s['energy_j']:.3f} J   MFU {mfu}   ops {s['ops']:,}"
+    )
+    table = Table("rank", "end", "compute", "comm", "exposed comm", "wait", "idle", "peak memory")
+    for r in s["ranks"][:max_ranks]:
+        peak = sum(r["peak_memory_bytes"].values())
+        table.add_row(
+            str(r["rank"]),
+            _ms(r["end_ns"]),
+            _ms(r["compute_ns"]),
+            _ms(r["comm_ns"]),
+            _ms(r["exposed_comm_ns"]),
+            _ms(r["wait_ns"]),
+            _ms(r["idle_ns"]),
+            f"{peak / 2**30:.2f} GiB" if peak else "-",
+        )
+    console.print(table)
+    if len(s["ranks"]) > max_ranks:
+        console.print(f"  ... {len(s['ranks']) - max_ranks} more ranks in summary.json")
+    for w in s["warnings"]:
+        console.print(f"  [yellow]warning:[/yellow] {w}")
+
+
+@app.command()
+def demo(
+    out: Annotated[Path | None, typer.Option(help="also write the result directory here")] = None,
+) -> None:
+    """Replay the embedded sample (an 8-GPU data-parallel training step) on three systems."""
+    from tracesim.samples import data_parallel_step
+
+    trace = data_parallel_step(ranks=8, layers=8)
+    console.print(
+        f"Sample: data-parallel training step, {trace.ranks} ranks, {trace.num_ops} ops "
+        "(synthetic, measured-like durations on dgx-h100)\n"
+    )
+    result = simulate(trace, "dgx-h100")
+    print_summary(result, "Replay on its own system (measured durations)")
+    console.print()
+    table = Table("system", "compute model", "step time", "vs dgx-h100", "energy", "exposed comm (rank 0)")
+    for name in ("dgx-a100", "dgx-h100", "dgx-h200"):
+        r = simulate(trace, name)
+        table.add_row(
+            name,
+            r.summary["compute_model"],
+            _ms(r.makespan_ns),
+            f"{r.makespan_ns / result.makespan_ns:.2f}x",
+            f"{r.summary['energy_j']:.3f} J",
+            _ms(r.summary["ranks"][0]["exposed_comm_ns"]),
+        )
+    console.print("[bold]What if: the same step on other systems (auto: retimed from dgx-h100)[/bold]")
+    console.print(table)
+    if out is not None:
+        result.write(out)
+        console.print(f"wrote {out}/timeline.parquet and {out}/summary.json")
+
+
+@app.command()
+def systems() -> None:
+    """List the shipped presets: systems, devices and memory tiers."""
+    table = Table(
+        "system", "device", "devices/node", "scale-up GB/s/dir", "scale-out GB/s/dir", "description"
+    )
+    for name in preset_names("systems"):
+        s = load_system(name)
+        table.add_row(
+            name,
+            s.device.name,
+            str(s.devices_per_node),
+            f"{s.network.scale_up.bw_bytes / 1e9:g}",
+            f"{s.network.scale_out.bw_bytes / 1e9:g}",
+            s.description,
+        )
+    console.print(table)
+    devices = Table("device", "bf16 TFLOP/s", "memory", "description")
+    for name in preset_names("devices"):
+        d = load_device(name)
+        mem = ", ".join(
+            f"{k}: {t.capacity_bytes / 1e9:g} GB @ {t.read_bw_bytes / 1e12:g} TB/s"
+            for k, t in d.memory.items()
+        )
+        bf16 = d.peak_flops.get("bf16")
+        devices.add_row(name, "-" if bf16 is None else f"{bf16 / 1e12:g}", mem, d.description)
+    console.print(devices)
+    kinds = [k for k in PRESET_KINDS if k not in ("systems", "devices")]
+    for kind in kinds:
+        console.print(f"memory tiers: {', '.join(preset_names(kind))}")
+
+
+@app.command()
+def validate(trace: Annotated[Path, typer.Argument(help="trace directory")]) -> None:
+    """Check a trace against the format (DESIGN.md §2)."""
+    t = read_trace(trace)
+    console.print(f"{trace}: valid, {t.ranks} ranks, {t.num_ops:,} ops")
+
+
+@app.command(name="simulate")
+def simulate_cmd(
+    trace: Annotated[Path, typer.Argument(help="trace directory")],
+    out: Annotated[Path, typer.Option("--out", help="result directory to write")],
+    system: Annotated[str, typer.Option(help="preset name or system TOML file")] = "dgx-h100",
+    nodes: Annotated[int | None, typer.Option(help="number of nodes (default: enough for the trace)")] = None,
+    compute_model: Annotated[
+        ComputeModelName, typer.Option(help="auto, measured, roofline or retime")
+    ] = "auto",
+    network: Annotated[NetworkModelName, typer.Option(help="analytical or flow")] = "analytical",
+    source_system: Annotated[
+        str | None, typer.Option(help="system the trace was measured on (retime)")
+    ] = None,
+    set_: Annotated[
+        list[str] | None,
+        typer.Option("--set", help="override a system field, e.g. device.memory.hbm.read_bw_bytes=6e12"),
+    ] = None,
+    quiet: Annotated[bool, typer.Option(help="print nothing on success")] = False,
+) -> None:
+    """Replay a trace on a system and write timeline.parquet and summary.json."""
+    result = simulate(
+        trace,
+        system,
+        compute_model=compute_model,
+        network=network,
+        nodes=nodes,
+        overrides=set_ or [],
+        source_system=source_system,
+    )
+    result.write(out)
+    if not quiet:
+        print_summary(result, f"{trace} on {result.summary['system']['name']}")
+        console.print(f"wrote {out}/timeline.parquet and {out}/summary.json")
+
+
+def main() -> None:
+    """Entry point: one line per error on stderr, non-zero exit."""
+    debug = os.environ.get("TRACESIM_DEBUG") == "1"
+    try:
+        app(standalone_mode=False)
+    except (TracesimError, OSError) as e:
+        if debug:
+            raise
+        print(f"tracesim: error: {e}", file=sys.stderr)
+        sys.exit(1)
+    except typer.Exit as e:
+        sys.exit(e.exit_code)
+    except typer.Abort:
+        print("tracesim: aborted", file=sys.stderr)
+        sys.exit(130)
+    except typer.TyperException as e:  # usage errors: typer prints its own message
+        show = getattr(e, "show", None)
+        if callable(show):
+            show()
+        else:
+            print(f"tracesim: error: {e}", file=sys.stderr)
+        sys.exit(int(getattr(e, "exit_code", 2)))
+    except Exception as e:
+        if debug:
+            raise
+        print(
+            f"tracesim: internal error: {type(e).__name__}: {e} (set TRACESIM_DEBUG=1 for the traceback)",
+            file=sys.stderr,
+        )
+        sys.exit(1)

@@ -1,0 +1,161 @@
+"""`simulate`: replay a trace on a system and collect the result (DESIGN.md §5)."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import polars as pl
+import pyarrow as pa
+
+from tracesim import _core
+from tracesim.exceptions import SystemConfigError, TraceError
+from tracesim.system import System, load_system, preset_names
+from tracesim.trace import Trace, read_trace
+
+ComputeModelName = Literal["auto", "measured", "roofline", "retime"]
+NetworkModelName = Literal["analytical", "flow"]
+
+
+@dataclass
+class Result:
+    """A replay's outcome: `timeline` has one row per op, `summary` the keys of DESIGN.md §5."""
+
+    timeline: pl.DataFrame
+    summary: dict[str, Any]
+
+    @property
+    def makespan_ns(self) -> int:
+        return int(self.summary["makespan_ns"])
+
+    def write(self, path: str | os.PathLike[str], *, overwrite: bool = True) -> Path:
+        """Writes timeline.parquet and summary.json; the directory appears whole or not at all."""
+        root = Path(path)
+        if root.exists() and not overwrite:
+            raise FileExistsError(f"{root}: already exists")
+        root.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{root.name}.", dir=root.parent))
+        try:
+            self.timeline.write_parquet(tmp / "timeline.parquet")
+            (tmp / "summary.json").write_text(json.dumps(self.summary, indent=2) + "\n")
+            if root.exists():
+                shutil.rmtree(root)
+            tmp.rename(root)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+        return root
+
+
+def read_result(path: str | os.PathLike[str]) -> Result:
+    root = Path(path)
+    return Result(
+        timeline=pl.read_parquet(root / "timeline.parquet"),
+        summary=json.loads((root / "summary.json").read_text()),
+    )
+
+
+def _source_system(trace: Trace, name: str | System | None, warnings: list[str]) -> System | None:
+    if isinstance(name, System):
+        return name
+    if name is not None:
+        return load_system(name)
+    recorded = trace.source_system
+    if recorded is None:
+        return None
+    if recorded not in preset_names("systems"):
+        warnings.append(
+            f"trace.json source_system {recorded!r} is not a preset; pass --source-system to retime from it"
+        )
+        return None
+    return load_system(recorded)
+
+
+def _peak_memory(trace: Trace, timeline: pl.DataFrame, system: System) -> dict[int, dict[str, int]]:
+    """Peak bytes resident per rank: a tensor lives from its alloc op's start to its free op's end."""
+    if trace.tensors is None or trace.tensors.num_rows == 0:
+        return {}
+    tier = system.device.primary_memory
+    tensors = pl.DataFrame(trace.tensors.select(["rank", "bytes", "alloc_op", "free_op"]))
+    times = timeline.select("op_id", "start_ns", "end_ns")
+    allocs = tensors.join(times, left_on="alloc_op", right_on="op_id", how="left").select(
+        "rank",
+        pl.col("start_ns").fill_null(-(2**62)).alias("t"),
+        pl.col("bytes").cast(pl.Int64).alias("delta"),
+    )
+    frees = (
+        tensors.filter(pl.col("free_op").is_not_null())
+        .join(times, left_on="free_op", right_on="op_id", how="left")
+        .select("rank", pl.col("end_ns").alias("t"), (-pl.col("bytes").cast(pl.Int64)).alias("delta"))
+    )
+    # At equal times frees come first: memory freed at an op's end is reusable by an op starting then.
+    events = pl.concat([allocs, frees]).sort(["rank", "t", "delta"])
+    peaks = (
+        events.with_columns(pl.col("delta").cum_sum().over("rank").alias("resident"))
+        .group_by("rank")
+        .agg(pl.col("resident").max())
+    )
+    return {int(r): {tier: int(b)} for r, b in peaks.iter_rows()}
+
+
+def simulate(
+    trace: Trace | str | os.PathLike[str],
+    system: System | str | os.PathLike[str] = "dgx-h100",
+    *,
+    compute_model: ComputeModelName = "auto",
+    network: NetworkModelName = "analytical",
+    nodes: int | None = None,
+    overrides: list[str] | tuple[str, ...] = (),
+    source_system: str | System | None = None,
+) -> Result:
+    """Replays `trace` on `system` (a preset name, a TOML path or a System)."""
+    if not isinstance(trace, Trace):
+        trace = read_trace(trace, validate=False)
+    if not isinstance(system, System) or nodes is not None or overrides:
+        system = load_system(system, nodes=nodes, overrides=overrides)
+    if nodes is None and trace.ranks > system.devices:
+        # Scale out to fit the trace, as a user replaying an N-rank job on a preset expects.
+        needed = -(-trace.ranks // system.devices_per_node)
+        system = load_system(system, nodes=needed)
+    warnings: list[str] = []
+    source = _source_system(trace, source_system, warnings)
+    where = str(trace.path) if trace.path is not None else "<trace>"
+    if trace.ranks < 1:
+        raise TraceError(
+            f"{where}/trace.json: field 'ranks': a trace needs at least 1 rank, got {trace.ranks}"
+        )
+    if trace.groups is None and trace.num_ops:
+        trace.validate()  # names the missing groups.parquet when there are collectives
+    try:
+        batch, summary_json, compute_name, network_name = _core.simulate(
+            trace.ops,
+            trace.groups,
+            trace.ranks,
+            system.engine_json(),
+            None if source is None else source.engine_json(),
+            compute_model,
+            network,
+        )
+    except TraceError as e:
+        raise TraceError(f"{where}/{e}") from None
+    except SystemConfigError as e:
+        raise SystemConfigError(f"{system.name}: {e}") from None
+    timeline = pl.DataFrame(pa.Table.from_batches([batch]))
+    summary: dict[str, Any] = json.loads(summary_json)
+    peaks = _peak_memory(trace, timeline, system)
+    for r in summary["ranks"]:
+        r["peak_memory_bytes"] = peaks.get(r["rank"], {})
+    if system.device.static_power_w == 0:
+        warnings.append(f"device {system.device.name} has no static_power_w; energy excludes static power")
+    summary["warnings"] = summary.get("warnings", []) + warnings
+    summary["system"] = system.model_dump(mode="json")
+    summary["compute_model"] = compute_name
+    summary["network_model"] = network_name
+    summary["source_system"] = None if source is None else source.name
+    summary["trace"] = {"path": None if trace.path is None else str(trace.path), "ranks": trace.ranks}
+    return Result(timeline=timeline, summary=summary)

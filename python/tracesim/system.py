@@ -1,0 +1,259 @@
+"""System descriptions (DESIGN.md §4): TOML files validated by pydantic, shipped presets,
+derivation from a preset (`base = "dgx-h100"`) and `--set key.path=value` overrides."""
+
+from __future__ import annotations
+
+import copy
+import json
+import os
+import tomllib
+from importlib import resources
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from tracesim.exceptions import SystemConfigError
+
+Dtype = Literal["fp32", "tf32", "bf16", "fp16", "fp8", "fp4", "int8"]
+PRESET_KINDS = ("systems", "devices", "tiers")
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class MemoryTier(_Strict):
+    """One memory tier of a device; `tier` names the tier preset it derives from."""
+
+    tier: str | None = None
+    description: str = ""
+    capacity_bytes: float = Field(gt=0)
+    read_bw_bytes: float = Field(gt=0)
+    write_bw_bytes: float = Field(gt=0)
+    latency_ns: float = Field(default=0.0, ge=0)
+    read_energy_pj_per_bit: float = Field(default=0.0, ge=0)
+    write_energy_pj_per_bit: float = Field(default=0.0, ge=0)
+    retention_s: float | None = Field(default=None, gt=0)
+    write_endurance: float | None = Field(default=None, gt=0)
+
+
+class Device(_Strict):
+    name: str
+    description: str = ""
+    peak_flops: dict[Dtype, float]
+    launch_overhead_ns: float = Field(default=0.0, ge=0)
+    tdp_w: float | None = Field(default=None, gt=0)
+    static_power_w: float = Field(default=0.0, ge=0)
+    energy_pj_per_flop: dict[Dtype, float] = Field(default_factory=dict)
+    primary_memory: str
+    memory: dict[str, MemoryTier]
+
+    @model_validator(mode="after")
+    def _primary_exists(self) -> Device:
+        if self.primary_memory not in self.memory:
+            raise ValueError(
+                f"primary_memory {self.primary_memory!r} is not one of memory: {sorted(self.memory)}"
+            )
+        for dtype, v in self.peak_flops.items():
+            if not v > 0:
+                raise ValueError(f"peak_flops.{dtype} must be positive, got {v}")
+        return self
+
+
+class Link(_Strict):
+    bw_bytes: float = Field(gt=0, description="bytes/s per direction, per device")
+    latency_ns: float = Field(ge=0)
+    energy_pj_per_bit: float = Field(default=0.0, ge=0)
+
+
+class Network(_Strict):
+    scale_up: Link
+    scale_out: Link
+
+
+class System(_Strict):
+    name: str
+    description: str = ""
+    device: Device
+    devices_per_node: int = Field(ge=1)
+    nodes: int = Field(default=1, ge=1)
+    network: Network
+
+    @property
+    def devices(self) -> int:
+        return self.nodes * self.devices_per_node
+
+    def engine_json(self) -> str:
+        """The normalised description the Rust engine reads (src/system.rs)."""
+        d = self.device
+        return json.dumps(
+            {
+                "name": self.name,
+                "nodes": self.nodes,
+                "devices_per_node": self.devices_per_node,
+                "device": {
+                    "name": d.name,
+                    "peak_flops": d.peak_flops,
+                    "launch_overhead_ns": d.launch_overhead_ns,
+                    "energy_pj_per_flop": d.energy_pj_per_flop,
+                    "static_power_w": d.static_power_w,
+                    "primary_memory": d.primary_memory,
+                    "memory": {
+                        k: {
+                            "capacity_bytes": t.capacity_bytes,
+                            "read_bw_bytes": t.read_bw_bytes,
+                            "write_bw_bytes": t.write_bw_bytes,
+                            "latency_ns": t.latency_ns,
+                            "read_energy_pj_per_bit": t.read_energy_pj_per_bit,
+                            "write_energy_pj_per_bit": t.write_energy_pj_per_bit,
+                        }
+                        for k, t in d.memory.items()
+                    },
+                },
+                "network": self.network.model_dump(),
+            }
+        )
+
+
+def _preset_dir(kind: str) -> Any:
+    return resources.files("tracesim") / "presets" / kind
+
+
+def preset_names(kind: str) -> list[str]:
+    """Names of the shipped presets of one kind: systems, devices or tiers."""
+    return sorted(
+        p.name.removesuffix(".toml") for p in _preset_dir(kind).iterdir() if p.name.endswith(".toml")
+    )
+
+
+def _load_toml(text: str, where: str) -> dict[str, Any]:
+    try:
+        return tomllib.loads(text)
+    except tomllib.TOMLDecodeError as e:
+        raise SystemConfigError(f"{where}: not valid TOML: {e}") from None
+
+
+def _preset(kind: str, name: str) -> tuple[dict[str, Any], str]:
+    p = _preset_dir(kind) / f"{name}.toml"
+    if not p.is_file():
+        raise SystemConfigError(
+            f"unknown {kind[:-1]} preset {name!r}; presets: {', '.join(preset_names(kind))}"
+        )
+    return _load_toml(p.read_text(), f"preset {kind}/{name}.toml"), f"{kind}/{name}.toml"
+
+
+def _merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
+    out = copy.deepcopy(base)
+    for k, v in over.items():
+        out[k] = (
+            _merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else copy.deepcopy(v)
+        )
+    return out
+
+
+def _resolve(kind: str, raw: dict[str, Any], where: str, seen: tuple[str, ...] = ()) -> dict[str, Any]:
+    """Expands `base` (derivation), the device preset of a system and tier presets of memories."""
+    raw = dict(raw)
+    base = raw.pop("base", None)
+    if base is not None:
+        if not isinstance(base, str):
+            raise SystemConfigError(f"{where}: key 'base': expected a {kind[:-1]} preset name")
+        if base in seen:
+            raise SystemConfigError(f"{where}: key 'base': {' → '.join([*seen, base])} derives from itself")
+        parent, parent_where = _preset(kind, base)
+        raw = _merge(_resolve(kind, parent, parent_where, (*seen, base)), raw)
+    if kind == "systems":
+        device = raw.get("device")
+        if isinstance(device, str):
+            preset, pwhere = _preset("devices", device)
+            raw["device"] = _resolve("devices", preset, pwhere)
+        elif isinstance(device, dict):
+            raw["device"] = _resolve("devices", device, where)
+    if kind == "devices":
+        memory = raw.get("memory")
+        if isinstance(memory, dict):
+            for name, tier in memory.items():
+                if isinstance(tier, dict) and isinstance(tier.get("tier"), str):
+                    preset, _ = _preset("tiers", tier["tier"])
+                    preset.pop("name", None)
+                    memory[name] = _merge(preset, tier)
+    return raw
+
+
+def _parse_value(text: str) -> Any:
+    try:
+        return tomllib.loads(f"v = {text}")["v"]
+    except tomllib.TOMLDecodeError:
+        return text
+
+
+def _apply_override(raw: dict[str, Any], assignment: str) -> None:
+    key, sep, value = assignment.partition("=")
+    key = key.strip()
+    if not sep or not key:
+        raise SystemConfigError(f"--set {assignment!r}: expected KEY.PATH=VALUE")
+    parts = key.split(".")
+    node = raw
+    for i, part in enumerate(parts[:-1]):
+        nxt = node.get(part)
+        if not isinstance(nxt, dict):
+            if nxt is None:
+                nxt = node[part] = {}
+            else:
+                raise SystemConfigError(f"--set {key}: '{'.'.join(parts[: i + 1])}' is not a table")
+        node = nxt
+    node[parts[-1]] = _parse_value(value.strip())
+
+
+def _describe(e: ValidationError, where: str) -> str:
+    lines = []
+    for err in e.errors():
+        loc = ".".join(str(p) for p in err["loc"])
+        if err["type"] == "extra_forbidden":
+            lines.append(f"unknown key '{loc}'")
+        elif err["type"] == "missing":
+            lines.append(f"missing key '{loc}'")
+        else:
+            lines.append(f"key '{loc}': {err['msg']}")
+    return f"{where}: " + "; ".join(lines)
+
+
+def load_system(
+    spec: str | os.PathLike[str] | System,
+    *,
+    nodes: int | None = None,
+    overrides: list[str] | tuple[str, ...] = (),
+) -> System:
+    """Loads a system from a preset name or a TOML file, scaled to `nodes` and with
+    `overrides` ("device.memory.hbm.read_bw_bytes=6e12") applied."""
+    if isinstance(spec, System):
+        raw: dict[str, Any] = spec.model_dump()
+        where = f"system {spec.name}"
+    else:
+        path = Path(spec)
+        if path.suffix == ".toml" or path.exists():
+            if not path.is_file():
+                raise SystemConfigError(f"{path}: no such system file")
+            where = str(path)
+            raw = _resolve("systems", _load_toml(path.read_text(), where), where)
+        else:
+            raw, where = _preset("systems", str(spec))
+            where = f"preset {where}"
+            raw = _resolve("systems", raw, where)
+    for assignment in overrides:
+        _apply_override(raw, assignment)
+    if nodes is not None:
+        raw["nodes"] = nodes
+    try:
+        return System.model_validate(raw)
+    except ValidationError as e:
+        raise SystemConfigError(_describe(e, where)) from None
+
+
+def load_device(name: str) -> Device:
+    raw, where = _preset("devices", name)
+    try:
+        return Device.model_validate(_resolve("devices", raw, where))
+    except ValidationError as e:
+        raise SystemConfigError(_describe(e, f"preset {where}")) from None

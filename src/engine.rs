@@ -1,0 +1,233 @@
+//! The replay engine (DESIGN.md §3): a discrete-event walk of the op graph in time order.
+
+use std::cmp::Reverse;
+use std::collections::BinaryHeap;
+
+use crate::error::{BlockedOp, Error, Result};
+use crate::graph::{cycle_error, find_cycle, Graph, NONE};
+use crate::model::{ComputeModel, NetworkModel, TimeSource};
+use crate::trace::{CollKind, OpKind, Trace};
+
+/// Per-op times of one replay, indexed like the trace's rows.
+pub struct Schedule {
+    pub start_ns: Vec<i64>,
+    pub end_ns: Vec<i64>,
+    /// When the op became ready; for collectives and send/recv, `start_ns == ready_ns` and the
+    /// op spends `wait_ns` of its span waiting for the other participants.
+    pub ready_ns: Vec<i64>,
+    pub wait_ns: Vec<i64>,
+    /// Ops that had neither a measured duration nor FLOPs/bytes and were timed as zero.
+    pub untimed_ops: u64,
+    /// Collectives and sends whose size was unknown when the network model needed it.
+    pub unsized_comm_ops: u64,
+}
+
+pub struct Models<'a> {
+    pub compute: &'a dyn ComputeModel,
+    pub network: &'a dyn NetworkModel,
+}
+
+/// Replays `trace` over `graph` (from [`crate::graph::validate`] or [`Graph::build`]).
+pub fn replay(trace: &Trace, graph: &Graph, models: &Models) -> Result<Schedule> {
+    let ops = &trace.ops;
+    let n = ops.len();
+    let rdv = &graph.rendezvous;
+    let mut untimed_ops = 0u64;
+    let mut unsized_comm_ops = 0u64;
+
+    // Durations of plain ops and transfer times of rendezvous do not depend on the schedule
+    // in these models, so they are computed once up front.
+    let mut duration = vec![0i64; n];
+    for (i, d) in duration.iter_mut().enumerate() {
+        if graph.instance_of[i] == NONE {
+            let t = models.compute.op_time(ops, i);
+            if t.source == TimeSource::Unknown {
+                untimed_ops += 1;
+            }
+            *d = t.ns;
+        }
+    }
+    let mut transfer = vec![0i64; rdv.len()];
+    let mut rank_buf = Vec::new();
+    for (c, t) in transfer.iter_mut().enumerate() {
+        let members = rdv.members_of(c);
+        let measured = if models.compute.uses_measured_comm() {
+            members.iter().filter_map(|&m| ops.duration(m as usize)).min()
+        } else {
+            None
+        };
+        *t = match measured {
+            Some(ns) => ns,
+            None => {
+                let first = members[0] as usize;
+                let bytes = ops.comm_bytes(first).unwrap_or_else(|| {
+                    if ops.coll(first) != Some(CollKind::Barrier) {
+                        unsized_comm_ops += members.len() as u64;
+                    }
+                    0
+                });
+                if rdv.group[c] == NONE {
+                    let (src, dst) = (ops.rank.value(first), ops.rank.value(members[1] as usize));
+                    models.network.p2p_ns(bytes, src, dst)
+                } else {
+                    rank_buf.clear();
+                    rank_buf.extend_from_slice(&trace.groups[rdv.group[c] as usize].ranks);
+                    let coll = ops.coll(first).unwrap_or(CollKind::Barrier);
+                    models.network.collective_ns(coll, bytes, &rank_buf)
+                }
+            }
+        };
+    }
+
+    let mut pending = graph.pending.clone();
+    let mut ready = vec![0i64; n];
+    let mut start = vec![0i64; n];
+    let mut end = vec![0i64; n];
+    let mut wait = vec![0i64; n];
+    let mut arrived = vec![0u32; rdv.len()];
+    let mut last_ready = vec![0i64; rdv.len()];
+    let mut heap: BinaryHeap<Reverse<(i64, u32)>> = BinaryHeap::new();
+    let mut done = 0usize;
+
+    let overflow = |i: usize| Error::ops("duration_ns", Some(ops.id(i)), "end time overflows int64 nanoseconds");
+
+    // Starts op `i`, now ready at `ready[i]`; rendezvous members start when the last one arrives.
+    let mut on_ready = |i: usize,
+                        ready: &[i64],
+                        heap: &mut BinaryHeap<Reverse<(i64, u32)>>,
+                        start: &mut [i64],
+                        end: &mut [i64],
+                        wait: &mut [i64]|
+     -> Result<()> {
+        let c = graph.instance_of[i];
+        if c == NONE {
+            let e = ready[i].checked_add(duration[i]).ok_or_else(|| overflow(i))?;
+            start[i] = ready[i];
+            end[i] = e;
+            heap.push(Reverse((e, i as u32)));
+            return Ok(());
+        }
+        let c = c as usize;
+        arrived[c] += 1;
+        last_ready[c] = last_ready[c].max(ready[i]);
+        let members = rdv.members_of(c);
+        if arrived[c] as usize == members.len() {
+            let e = last_ready[c].checked_add(transfer[c]).ok_or_else(|| overflow(i))?;
+            for &m in members {
+                let m = m as usize;
+                start[m] = ready[m];
+                wait[m] = last_ready[c] - ready[m];
+                end[m] = e;
+                heap.push(Reverse((e, m as u32)));
+            }
+        }
+        Ok(())
+    };
+
+    for i in 0..n {
+        if pending[i] == 0 {
+            on_ready(i, &ready, &mut heap, &mut start, &mut end, &mut wait)?;
+        }
+    }
+    while let Some(Reverse((t, i))) = heap.pop() {
+        done += 1;
+        let i = i as usize;
+        let next = graph.stream_next[i];
+        if next != NONE {
+            let s = next as usize;
+            ready[s] = ready[s].max(t);
+            pending[s] -= 1;
+            if pending[s] == 0 {
+                on_ready(s, &ready, &mut heap, &mut start, &mut end, &mut wait)?;
+            }
+        }
+        for &s in graph.successors(i) {
+            let s = s as usize;
+            ready[s] = ready[s].max(t);
+            pending[s] -= 1;
+            if pending[s] == 0 {
+                on_ready(s, &ready, &mut heap, &mut start, &mut end, &mut wait)?;
+            }
+        }
+    }
+    if done < n {
+        if let Some(cycle) = find_cycle(trace, graph) {
+            return Err(cycle_error(&cycle));
+        }
+        return Err(deadlock(trace, graph, &pending, &arrived, n - done));
+    }
+    Ok(Schedule {
+        start_ns: start,
+        end_ns: end,
+        ready_ns: ready,
+        wait_ns: wait,
+        untimed_ops,
+        unsized_comm_ops,
+    })
+}
+
+/// Reports the first unfinished op of every stuck stream and what it waits for.
+fn deadlock(trace: &Trace, graph: &Graph, pending: &[u32], arrived: &[u32], stuck: usize) -> Error {
+    let ops = &trace.ops;
+    let rdv = &graph.rendezvous;
+    // An op finished iff every predecessor released it and it was scheduled; ops still
+    // pending, and rendezvous members whose peers never arrived, are the unfinished ones.
+    let unfinished = |i: usize| {
+        pending[i] > 0 || {
+            let c = graph.instance_of[i];
+            c != NONE && (arrived[c as usize] as usize) < rdv.members_of(c as usize).len()
+        }
+    };
+    let mut blocked = Vec::new();
+    for &head in &graph.stream_heads {
+        let mut i = head as usize;
+        while !unfinished(i) {
+            let next = graph.stream_next[i];
+            if next == NONE {
+                break;
+            }
+            i = next as usize;
+        }
+        if !unfinished(i) {
+            continue;
+        }
+        let waiting_for = if pending[i] > 0 {
+            let deps: Vec<String> = ops.deps_of(i).iter().take(4).map(|d| format!("op_id {d}")).collect();
+            if deps.is_empty() {
+                "its stream predecessor".to_owned()
+            } else {
+                format!("its deps ({})", deps.join(", "))
+            }
+        } else {
+            let c = graph.instance_of[i] as usize;
+            let missing: Vec<u32> = rdv
+                .members_of(c)
+                .iter()
+                .filter(|&&m| pending[m as usize] > 0)
+                .map(|&m| ops.rank.value(m as usize))
+                .collect();
+            match ops.kind[i] {
+                OpKind::Collective => format!(
+                    "{} group {} coll_seq {} to be reached by ranks {missing:?}",
+                    ops.coll(i).map_or("collective", CollKind::as_str),
+                    ops.group_id(i).unwrap_or(0),
+                    ops.coll_seq(i).unwrap_or(0)
+                ),
+                kind => format!(
+                    "its peer rank {} ({} p2p_seq {})",
+                    ops.peer(i).unwrap_or(0),
+                    if kind == OpKind::Send { "recv of" } else { "send of" },
+                    ops.p2p_seq(i).unwrap_or(0)
+                ),
+            }
+        };
+        blocked.push(BlockedOp {
+            rank: ops.rank.value(i),
+            stream: ops.stream.value(i),
+            op_id: ops.id(i),
+            waiting_for,
+        });
+    }
+    blocked.sort_by_key(|b| (b.rank, b.stream));
+    Error::Deadlock { stuck, blocked }
+}

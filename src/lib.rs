@@ -1,0 +1,84 @@
+//! tracesim's core: the replay engine and hardware models. Deterministic, no I/O.
+//!
+//! Python reaches it through `src/python/` (feature `python`); Rust users call [`simulate`].
+
+// Ops are columns indexed by row; loops over row indices that touch several columns read better
+// than zipped iterators.
+#![allow(clippy::needless_range_loop)]
+
+pub mod engine;
+pub mod error;
+pub mod graph;
+pub mod model;
+pub mod summary;
+pub mod system;
+pub mod trace;
+
+#[cfg(feature = "python")]
+mod python;
+
+pub use engine::Schedule;
+pub use error::{Error, Result};
+pub use summary::Summary;
+pub use system::System;
+pub use trace::{Group, Ops, Trace};
+
+use model::{AnalyticalNetwork, ComputeMode, NetworkModel};
+
+/// Options of one replay.
+#[derive(Debug, Clone)]
+pub struct SimOptions {
+    pub compute: ComputeMode,
+    pub network: String,
+}
+
+pub struct Outcome {
+    pub schedule: Schedule,
+    pub energy_j: Vec<f64>,
+    pub summary: Summary,
+    pub compute_model: &'static str,
+    pub network_model: &'static str,
+}
+
+/// Validates and replays `trace` on `system`; `source` is the system it was measured on.
+pub fn simulate(trace: &Trace, system: &System, source: Option<&System>, options: &SimOptions) -> Result<Outcome> {
+    let compute = options.compute.build(system, source)?;
+    let network: Box<dyn NetworkModel> = match options.network.as_str() {
+        "analytical" => Box::new(AnalyticalNetwork { system }),
+        "flow" => {
+            return Err(Error::Config(
+                "network model 'flow' is not available yet; use --network analytical".into(),
+            ))
+        }
+        other => {
+            return Err(Error::Config(format!(
+                "unknown network model {other:?}; expected analytical or flow"
+            )))
+        }
+    };
+    if u64::from(trace.ranks) > system.devices() {
+        return Err(Error::Config(format!(
+            "the trace has {} ranks but system {} has {} devices ({} nodes × {}); pass --nodes",
+            trace.ranks,
+            system.name,
+            system.devices(),
+            system.nodes,
+            system.devices_per_node
+        )));
+    }
+    let graph = graph::Graph::build(trace)?;
+    let models = engine::Models {
+        compute: compute.as_ref(),
+        network: network.as_ref(),
+    };
+    let schedule = engine::replay(trace, &graph, &models)?;
+    let (energy_j, energy) = summary::op_energy(trace, &graph, system, network.as_ref());
+    let summary = summary::summarize(trace, &graph, system, &schedule, energy, Vec::new());
+    Ok(Outcome {
+        schedule,
+        energy_j,
+        summary,
+        compute_model: compute.name(),
+        network_model: network.name(),
+    })
+}

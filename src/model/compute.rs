@@ -1,0 +1,230 @@
+//! Compute models: how long a compute, memory or host op takes on a device.
+
+use crate::error::{Error, Result};
+use crate::system::System;
+use crate::trace::{OpKind, Ops};
+
+/// Where an op's duration came from; the engine counts the ops timed from nothing.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TimeSource {
+    Measured,
+    Model,
+    /// Neither a measured duration nor FLOPs/bytes: timed as zero and reported.
+    Unknown,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct OpTime {
+    pub ns: i64,
+    pub source: TimeSource,
+}
+
+pub trait ComputeModel: Send + Sync {
+    fn name(&self) -> &'static str;
+    /// Duration of op `i` (a compute, memory or host op).
+    fn op_time(&self, ops: &Ops, i: usize) -> OpTime;
+    /// Whether collectives and send/recv take their measured durations (DESIGN.md §3).
+    fn uses_measured_comm(&self) -> bool;
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ComputeMode {
+    Measured,
+    Roofline,
+    Retime,
+    Auto,
+}
+
+impl ComputeMode {
+    pub fn parse(s: &str) -> Result<ComputeMode> {
+        match s {
+            "measured" => Ok(ComputeMode::Measured),
+            "roofline" => Ok(ComputeMode::Roofline),
+            "retime" => Ok(ComputeMode::Retime),
+            "auto" => Ok(ComputeMode::Auto),
+            other => Err(Error::Config(format!(
+                "unknown compute model {other:?}; expected auto, measured, roofline or retime"
+            ))),
+        }
+    }
+
+    /// Builds the model; `source` is the system the trace was measured on (needed by retime).
+    pub fn build<'a>(self, target: &'a System, source: Option<&'a System>) -> Result<Box<dyn ComputeModel + 'a>> {
+        let roofline = Roofline { system: target };
+        Ok(match self {
+            ComputeMode::Measured => Box::new(Measured { fallback: roofline }),
+            ComputeMode::Roofline => Box::new(roofline),
+            ComputeMode::Retime => {
+                let source = source.ok_or_else(|| {
+                    Error::Config(
+                        "compute model 'retime' needs the source system: set source_system in trace.json \
+                         or pass --source-system"
+                            .into(),
+                    )
+                })?;
+                Box::new(Retime {
+                    target: roofline,
+                    source: Roofline { system: source },
+                })
+            }
+            ComputeMode::Auto => match source {
+                Some(s) if s.name == target.name => Box::new(Measured { fallback: roofline }),
+                Some(s) => Box::new(Retime {
+                    target: roofline,
+                    source: Roofline { system: s },
+                }),
+                None => Box::new(Measured { fallback: roofline }),
+            },
+        })
+    }
+}
+
+/// Roofline time: the larger of FLOPs at dense peak and bytes at the primary tier's
+/// bandwidth, plus the device's per-kernel launch overhead.
+pub struct Roofline<'a> {
+    pub system: &'a System,
+}
+
+impl Roofline<'_> {
+    fn estimate_ns(&self, ops: &Ops, i: usize) -> Option<f64> {
+        let flops = ops.flops(i).filter(|f| f.is_finite() && *f > 0.0);
+        let bytes = ops.bytes(i).filter(|b| *b > 0);
+        if flops.is_none() && bytes.is_none() {
+            return None;
+        }
+        let compute_s = match (flops, self.system.peak_flops(ops.dtype(i))) {
+            (Some(f), Some(peak)) => f / peak,
+            _ => 0.0,
+        };
+        let memory_s = match (bytes, self.system.primary_tier()) {
+            (Some(b), Some(tier)) => {
+                let read = ops
+                    .bytes_read
+                    .as_ref()
+                    .map_or(0, |a| if a.is_valid(i) { a.value(i) } else { 0 });
+                let written = b - read.min(b);
+                read as f64 / tier.read_bw_bytes + written as f64 / tier.write_bw_bytes
+            }
+            _ => 0.0,
+        };
+        Some(compute_s.max(memory_s) * 1e9 + self.system.device.launch_overhead_ns)
+    }
+}
+
+use arrow_array::Array;
+
+impl ComputeModel for Roofline<'_> {
+    fn name(&self) -> &'static str {
+        "roofline"
+    }
+
+    fn op_time(&self, ops: &Ops, i: usize) -> OpTime {
+        if ops.kind[i] == OpKind::Host {
+            // Host work has no device roofline; it keeps its measured time.
+            return Measured {
+                fallback: Roofline { system: self.system },
+            }
+            .op_time(ops, i);
+        }
+        match self.estimate_ns(ops, i) {
+            Some(ns) => OpTime {
+                ns: ns.round() as i64,
+                source: TimeSource::Model,
+            },
+            None => OpTime {
+                ns: 0,
+                source: TimeSource::Unknown,
+            },
+        }
+    }
+
+    fn uses_measured_comm(&self) -> bool {
+        false
+    }
+}
+
+/// Measured durations; ops without one are timed by the roofline.
+pub struct Measured<'a> {
+    pub fallback: Roofline<'a>,
+}
+
+impl ComputeModel for Measured<'_> {
+    fn name(&self) -> &'static str {
+        "measured"
+    }
+
+    fn op_time(&self, ops: &Ops, i: usize) -> OpTime {
+        match ops.duration(i) {
+            Some(ns) => OpTime {
+                ns,
+                source: TimeSource::Measured,
+            },
+            None if ops.kind[i] == OpKind::Host => OpTime {
+                ns: 0,
+                source: TimeSource::Unknown,
+            },
+            None => match self.fallback.estimate_ns(ops, i) {
+                Some(ns) => OpTime {
+                    ns: ns.round() as i64,
+                    source: TimeSource::Model,
+                },
+                None => OpTime {
+                    ns: 0,
+                    source: TimeSource::Unknown,
+                },
+            },
+        }
+    }
+
+    fn uses_measured_comm(&self) -> bool {
+        true
+    }
+}
+
+/// Measured duration scaled by target/source roofline time, so measured inefficiencies carry over.
+pub struct Retime<'a> {
+    pub target: Roofline<'a>,
+    pub source: Roofline<'a>,
+}
+
+impl ComputeModel for Retime<'_> {
+    fn name(&self) -> &'static str {
+        "retime"
+    }
+
+    fn op_time(&self, ops: &Ops, i: usize) -> OpTime {
+        let measured = ops.duration(i);
+        if ops.kind[i] == OpKind::Host {
+            return Measured {
+                fallback: Roofline {
+                    system: self.target.system,
+                },
+            }
+            .op_time(ops, i);
+        }
+        let target = self.target.estimate_ns(ops, i);
+        let source = self.source.estimate_ns(ops, i);
+        match (measured, target, source) {
+            (Some(m), Some(t), Some(s)) if s > 0.0 => OpTime {
+                ns: (m as f64 * t / s).round() as i64,
+                source: TimeSource::Model,
+            },
+            (Some(m), _, _) => OpTime {
+                ns: m,
+                source: TimeSource::Measured,
+            },
+            (None, Some(t), _) => OpTime {
+                ns: t.round() as i64,
+                source: TimeSource::Model,
+            },
+            (None, None, _) => OpTime {
+                ns: 0,
+                source: TimeSource::Unknown,
+            },
+        }
+    }
+
+    fn uses_measured_comm(&self) -> bool {
+        false
+    }
+}

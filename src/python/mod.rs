@@ -1,0 +1,112 @@
+//! The PyO3 extension `tracesim._core`: converts Arrow in and out and maps errors.
+//! The engine runs with the GIL released.
+
+mod errors;
+
+use std::sync::Arc;
+
+use arrow_array::{Float64Array, Int64Array, RecordBatch, UInt32Array};
+use arrow_schema::{DataType, Field, Schema};
+use pyo3::prelude::*;
+use pyo3_arrow::{PyRecordBatch, PyTable};
+
+use crate::model::ComputeMode;
+use crate::{Group, Ops, SimOptions, System, Trace};
+
+fn load_trace(ops: PyTable, groups: Option<PyTable>, ranks: u32) -> crate::Result<Trace> {
+    let (batches, _) = ops.into_inner();
+    let ops = Ops::from_batches(&batches)?;
+    let groups: Vec<Group> = match groups {
+        Some(g) => crate::trace::groups_from_batches(&g.into_inner().0)?,
+        None => Vec::new(),
+    };
+    Ok(Trace { ranks, ops, groups })
+}
+
+/// Validates a trace: types, ids, deps, groups, collectives, send/recv and cycles.
+#[pyfunction]
+#[pyo3(signature = (ops, groups, ranks))]
+fn validate(py: Python<'_>, ops: PyTable, groups: Option<PyTable>, ranks: u32) -> PyResult<()> {
+    py.detach(|| {
+        let trace = load_trace(ops, groups, ranks)?;
+        crate::graph::validate(&trace).map(|_| ())
+    })
+    .map_err(errors::to_py)
+}
+
+/// Replays a trace; returns (timeline record batch, summary JSON, compute model, network model).
+#[pyfunction]
+#[pyo3(signature = (ops, groups, ranks, system_json, source_system_json, compute_model, network))]
+#[allow(clippy::too_many_arguments)]
+fn simulate<'py>(
+    py: Python<'py>,
+    ops: PyTable,
+    groups: Option<PyTable>,
+    ranks: u32,
+    system_json: &str,
+    source_system_json: Option<&str>,
+    compute_model: &str,
+    network: &str,
+) -> PyResult<(Bound<'py, PyAny>, String, String, String)> {
+    let system_json = system_json.to_owned();
+    let source_json = source_system_json.map(str::to_owned);
+    let options = SimOptions {
+        compute: ComputeMode::parse(compute_model).map_err(errors::to_py)?,
+        network: network.to_owned(),
+    };
+    let (batch, summary, cm, nm) = py
+        .detach(move || -> crate::Result<_> {
+            let system = System::from_json(&system_json)?;
+            let source = source_json.as_deref().map(System::from_json).transpose()?;
+            let trace = load_trace(ops, groups, ranks)?;
+            let out = crate::simulate(&trace, &system, source.as_ref(), &options)?;
+            let summary = serde_json::to_string(&out.summary).map_err(|e| crate::Error::Config(e.to_string()))?;
+            let batch = timeline_batch(&trace, out.schedule, out.energy_j)?;
+            Ok((batch, summary, out.compute_model, out.network_model))
+        })
+        .map_err(errors::to_py)?;
+    Ok((
+        PyRecordBatch::new(batch).into_pyarrow(py)?,
+        summary,
+        cm.to_owned(),
+        nm.to_owned(),
+    ))
+}
+
+/// The timeline table (DESIGN.md §5); schedule vectors become Arrow buffers without a copy.
+fn timeline_batch(trace: &Trace, s: crate::Schedule, energy_j: Vec<f64>) -> crate::Result<RecordBatch> {
+    let schema = Schema::new(vec![
+        Field::new("op_id", DataType::UInt64, false),
+        Field::new("rank", DataType::UInt32, false),
+        Field::new("stream", DataType::UInt32, false),
+        Field::new("start_ns", DataType::Int64, false),
+        Field::new("end_ns", DataType::Int64, false),
+        Field::new("ready_ns", DataType::Int64, false),
+        Field::new("wait_ns", DataType::Int64, false),
+        Field::new("energy_j", DataType::Float64, false),
+    ]);
+    let strip = |a: &UInt32Array| UInt32Array::new(a.values().clone(), None);
+    RecordBatch::try_new(
+        Arc::new(schema),
+        vec![
+            Arc::new(arrow_array::UInt64Array::new(trace.ops.op_id.values().clone(), None)),
+            Arc::new(strip(&trace.ops.rank)),
+            Arc::new(strip(&trace.ops.stream)),
+            Arc::new(Int64Array::from(s.start_ns)),
+            Arc::new(Int64Array::from(s.end_ns)),
+            Arc::new(Int64Array::from(s.ready_ns)),
+            Arc::new(Int64Array::from(s.wait_ns)),
+            Arc::new(Float64Array::from(energy_j)),
+        ],
+    )
+    .map_err(|e| crate::Error::Config(format!("building the timeline: {e}")))
+}
+
+#[pymodule]
+fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
+    m.add_function(wrap_pyfunction!(validate, m)?)?;
+    m.add_function(wrap_pyfunction!(simulate, m)?)?;
+    errors::register(m)?;
+    m.add("__version__", env!("CARGO_PKG_VERSION"))?;
+    Ok(())
+}

@@ -1,0 +1,148 @@
+//! The system description the engine consumes. Python validates the user's TOML and hands
+//! the engine this normalised form as JSON, so the engine does no file I/O.
+
+use std::collections::BTreeMap;
+
+use serde::Deserialize;
+
+use crate::error::{Error, Result};
+use crate::trace::Dtype;
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Link {
+    /// Bytes per second per direction, per device.
+    pub bw_bytes: f64,
+    pub latency_ns: f64,
+    #[serde(default)]
+    pub energy_pj_per_bit: f64,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MemoryTier {
+    pub capacity_bytes: f64,
+    pub read_bw_bytes: f64,
+    pub write_bw_bytes: f64,
+    #[serde(default)]
+    pub latency_ns: f64,
+    #[serde(default)]
+    pub read_energy_pj_per_bit: f64,
+    #[serde(default)]
+    pub write_energy_pj_per_bit: f64,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Device {
+    pub name: String,
+    /// Dense peak FLOP/s per dtype name.
+    pub peak_flops: BTreeMap<String, f64>,
+    #[serde(default)]
+    pub launch_overhead_ns: f64,
+    #[serde(default)]
+    pub energy_pj_per_flop: BTreeMap<String, f64>,
+    #[serde(default)]
+    pub static_power_w: f64,
+    /// Memory tiers by name; `primary_memory` names the one ops touch by default.
+    pub memory: BTreeMap<String, MemoryTier>,
+    pub primary_memory: String,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Network {
+    pub scale_up: Link,
+    pub scale_out: Link,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct System {
+    pub name: String,
+    pub nodes: u32,
+    pub devices_per_node: u32,
+    pub device: Device,
+    pub network: Network,
+}
+
+impl System {
+    pub fn from_json(json: &str) -> Result<System> {
+        let system: System = serde_json::from_str(json).map_err(|e| Error::Config(e.to_string()))?;
+        system.check()?;
+        Ok(system)
+    }
+
+    fn check(&self) -> Result<()> {
+        let positive = |what: &str, v: f64| {
+            if v.is_finite() && v > 0.0 {
+                Ok(())
+            } else {
+                Err(Error::Config(format!(
+                    "{}: {what} must be a positive number, got {v}",
+                    self.name
+                )))
+            }
+        };
+        if self.devices_per_node == 0 || self.nodes == 0 {
+            return Err(Error::Config(format!(
+                "{}: nodes and devices_per_node must be at least 1",
+                self.name
+            )));
+        }
+        positive("network.scale_up.bw_bytes", self.network.scale_up.bw_bytes)?;
+        positive("network.scale_out.bw_bytes", self.network.scale_out.bw_bytes)?;
+        for (name, tier) in &self.device.memory {
+            positive(&format!("device.memory.{name}.read_bw_bytes"), tier.read_bw_bytes)?;
+            positive(&format!("device.memory.{name}.write_bw_bytes"), tier.write_bw_bytes)?;
+        }
+        for (dtype, v) in &self.device.peak_flops {
+            if Dtype::parse(dtype).is_none() {
+                return Err(Error::Config(format!(
+                    "{}: device.peak_flops has unknown dtype {dtype:?}",
+                    self.name
+                )));
+            }
+            positive(&format!("device.peak_flops.{dtype}"), *v)?;
+        }
+        if !self.device.memory.contains_key(&self.device.primary_memory) {
+            return Err(Error::Config(format!(
+                "{}: device.primary_memory {:?} is not one of device.memory",
+                self.name, self.device.primary_memory
+            )));
+        }
+        Ok(())
+    }
+
+    pub fn devices(&self) -> u64 {
+        u64::from(self.nodes) * u64::from(self.devices_per_node)
+    }
+
+    /// Node that hosts a rank, with the default mapping rank r → device r.
+    pub fn node_of(&self, rank: u32) -> u32 {
+        rank / self.devices_per_node
+    }
+
+    pub fn primary_tier(&self) -> Option<&MemoryTier> {
+        self.device.memory.get(&self.device.primary_memory)
+    }
+
+    /// Peak FLOP/s for a dtype; unknown dtypes fall back to fp32, then to the slowest listed.
+    pub fn peak_flops(&self, dtype: Option<Dtype>) -> Option<f64> {
+        let peaks = &self.device.peak_flops;
+        dtype
+            .and_then(|d| peaks.get(d.as_str()))
+            .or_else(|| peaks.get("fp32"))
+            .copied()
+            .or_else(|| peaks.values().copied().reduce(f64::min))
+    }
+
+    pub fn energy_pj_per_flop(&self, dtype: Option<Dtype>) -> f64 {
+        let e = &self.device.energy_pj_per_flop;
+        dtype
+            .and_then(|d| e.get(d.as_str()))
+            .or_else(|| e.get("fp32"))
+            .copied()
+            .unwrap_or(0.0)
+    }
+}
