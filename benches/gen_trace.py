@@ -54,6 +54,7 @@ _DEPS = {
 _COMPUTE_NAMES = ("gemm", "gemm", "attention", "elementwise", "norm")
 _MiB = 1 << 20
 _GOLDEN = 0x9E3779B97F4A7C15
+_MASK = 2**64 - 1
 
 RowOrder = Literal["op_id", "rank"]
 
@@ -62,10 +63,16 @@ def _u64(v: int) -> pl.Expr:
     return pl.lit(v, dtype=pl.UInt64)
 
 
+def _shr(x: pl.Expr, bits: int) -> pl.Expr:
+    return x // _u64(1 << bits)
+
+
 def _noise(x: pl.Expr, salt: int, modulo: int) -> pl.Expr:
-    """A deterministic pseudo-random integer in [0, modulo) per row (multiplicative hashing)."""
-    mixed = (x + _u64((salt * 0x632BE59BD9B4E019) & (2**64 - 1))) * _u64(_GOLDEN)
-    return (mixed // _u64(1 << 40)) % _u64(modulo)
+    """A deterministic pseudo-random integer in [0, modulo) per row (splitmix64 of x and salt)."""
+    z = x + _u64((_GOLDEN * (salt + 1)) & _MASK)
+    z = (z ^ _shr(z, 30)) * _u64(0xBF58476D1CE4E5B9)
+    z = (z ^ _shr(z, 27)) * _u64(0x94D049BB133111EB)
+    return (z ^ _shr(z, 31)) % _u64(modulo)
 
 
 def _group_counts(ranks: int) -> tuple[int, int]:
