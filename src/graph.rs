@@ -503,10 +503,10 @@ fn check_collectives(trace: &Trace, rdv: &Rendezvous, sorted_ranks: &[Vec<u32>],
                     "comm_bytes",
                     Some(ops.id(m)),
                     format!(
-                        "group {} coll_seq {seq}: {:?} bytes here but {:?} on op_id {}",
+                        "group {} coll_seq {seq}: {} bytes here but {} on op_id {}",
                         group.group_id,
-                        ops.comm_bytes(m),
-                        bytes,
+                        fmt_opt(ops.comm_bytes(m)),
+                        fmt_opt(bytes),
                         ops.id(first)
                     ),
                 ));
@@ -548,6 +548,10 @@ fn check_collectives(trace: &Trace, rdv: &Rendezvous, sorted_ranks: &[Vec<u32>],
         }
     }
     Ok(())
+}
+
+fn fmt_opt(v: Option<u64>) -> String {
+    v.map_or_else(|| "null".to_owned(), |v| v.to_string())
 }
 
 /// A dependency cycle through stream order and deps, as op_ids, if there is one.
