@@ -82,3 +82,21 @@ pub fn simulate(trace: &Trace, system: &System, source: Option<&System>, options
         network_model: network.name(),
     })
 }
+
+/// Duration the compute model gives each op on `system`; `None` for collectives and
+/// send/recv, which the network model times. Used to calibrate and check the compute model.
+pub fn op_times(
+    trace: &Trace,
+    system: &System,
+    source: Option<&System>,
+    mode: ComputeMode,
+) -> Result<Vec<Option<i64>>> {
+    let compute = mode.build(system, source)?;
+    let ops = &trace.ops;
+    Ok((0..ops.len())
+        .map(|i| match ops.kind[i] {
+            trace::OpKind::Collective | trace::OpKind::Send | trace::OpKind::Recv => None,
+            _ => Some(compute.op_time(ops, i).ns),
+        })
+        .collect())
+}

@@ -32,6 +32,61 @@ pub struct MemoryTier {
     pub write_energy_pj_per_bit: f64,
 }
 
+/// Achieved fraction of peak as a function of op size, fitted on measured kernel tables.
+/// The defaults make the model a plain roofline.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Efficiency {
+    /// Fraction of dense peak FLOP/s that large GEMMs reach.
+    #[serde(default = "one")]
+    pub gemm_max: f64,
+    /// FLOPs at which a GEMM reaches half of `gemm_max` (size-dependent saturation).
+    #[serde(default)]
+    pub gemm_half_flops: f64,
+    /// Fraction of memory bandwidth that large memory-bound ops reach.
+    #[serde(default = "one")]
+    pub mem_max: f64,
+    /// Bytes at which a memory-bound op reaches half of `mem_max`.
+    #[serde(default)]
+    pub mem_half_bytes: f64,
+    /// Output tile of a GEMM thread block, for wave quantisation over `sm_count`.
+    #[serde(default = "tile")]
+    pub tile_m: u64,
+    #[serde(default = "tile")]
+    pub tile_n: u64,
+}
+
+fn one() -> f64 {
+    1.0
+}
+
+fn tile() -> u64 {
+    128
+}
+
+impl Default for Efficiency {
+    fn default() -> Self {
+        Efficiency {
+            gemm_max: 1.0,
+            gemm_half_flops: 0.0,
+            mem_max: 1.0,
+            mem_half_bytes: 0.0,
+            tile_m: 128,
+            tile_n: 128,
+        }
+    }
+}
+
+impl Efficiency {
+    pub fn compute(&self, flops: f64) -> f64 {
+        self.gemm_max * flops / (flops + self.gemm_half_flops)
+    }
+
+    pub fn memory(&self, bytes: f64) -> f64 {
+        self.mem_max * bytes / (bytes + self.mem_half_bytes)
+    }
+}
+
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Device {
@@ -40,6 +95,11 @@ pub struct Device {
     pub peak_flops: BTreeMap<String, f64>,
     #[serde(default)]
     pub launch_overhead_ns: f64,
+    /// Streaming multiprocessors (compute units): GEMM tiles run in waves of this many.
+    #[serde(default)]
+    pub sm_count: u32,
+    #[serde(default)]
+    pub efficiency: Efficiency,
     #[serde(default)]
     pub energy_pj_per_flop: BTreeMap<String, f64>,
     #[serde(default)]
@@ -104,6 +164,32 @@ impl System {
                 )));
             }
             positive(&format!("device.peak_flops.{dtype}"), *v)?;
+        }
+        let e = &self.device.efficiency;
+        for (what, v) in [("gemm_max", e.gemm_max), ("mem_max", e.mem_max)] {
+            if !(v > 0.0 && v <= 1.0) {
+                return Err(Error::Config(format!(
+                    "{}: device.efficiency.{what} must be in (0, 1], got {v}",
+                    self.name
+                )));
+            }
+        }
+        for (what, v) in [
+            ("gemm_half_flops", e.gemm_half_flops),
+            ("mem_half_bytes", e.mem_half_bytes),
+        ] {
+            if !(v >= 0.0 && v.is_finite()) {
+                return Err(Error::Config(format!(
+                    "{}: device.efficiency.{what} must be >= 0, got {v}",
+                    self.name
+                )));
+            }
+        }
+        if e.tile_m == 0 || e.tile_n == 0 {
+            return Err(Error::Config(format!(
+                "{}: device.efficiency tile sizes must be positive",
+                self.name
+            )));
         }
         if !self.device.memory.contains_key(&self.device.primary_memory) {
             return Err(Error::Config(format!(

@@ -112,6 +112,8 @@ pub struct Ops {
     pub peer: Option<UInt32Array>,
     pub p2p_seq: Option<UInt64Array>,
     pub iteration: Option<UInt32Array>,
+    pub gemm_m: Option<UInt64Array>,
+    pub gemm_n: Option<UInt64Array>,
 }
 
 /// A trace ready for validation and replay.
@@ -189,6 +191,11 @@ impl Ops {
 
     pub fn iteration(&self, i: usize) -> Option<u32> {
         get(&self.iteration, i)
+    }
+
+    /// Output shape (M, N) of a GEMM, 0 where unknown.
+    pub fn gemm_mn(&self, i: usize) -> (u64, u64) {
+        (get(&self.gemm_m, i).unwrap_or(0), get(&self.gemm_n, i).unwrap_or(0))
     }
 
     /// The op_ids this op depends on (nulls inside the list are rejected by validation).
@@ -288,6 +295,8 @@ impl Ops {
             peer: optional::<UInt32Type>(&batch, "peer")?,
             p2p_seq: optional::<UInt64Type>(&batch, "p2p_seq")?,
             iteration: optional::<UInt32Type>(&batch, "iteration")?,
+            gemm_m: optional::<UInt64Type>(&batch, "gemm_m")?,
+            gemm_n: optional::<UInt64Type>(&batch, "gemm_n")?,
             op_id,
         })
     }

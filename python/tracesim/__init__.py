@@ -2,7 +2,7 @@
 
 from tracesim._core import __version__
 from tracesim.exceptions import SimulationError, SystemConfigError, TraceError, TracesimError
-from tracesim.simulate import Result, read_result, simulate
+from tracesim.simulate import Result, op_times, read_result, simulate
 from tracesim.system import System, load_system
 from tracesim.trace import Trace, read_trace, write_trace
 
@@ -16,6 +16,7 @@ __all__ = [
     "TracesimError",
     "__version__",
     "load_system",
+    "op_times",
     "read_result",
     "read_trace",
     "simulate",

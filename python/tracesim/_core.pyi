@@ -8,6 +8,7 @@ __all__ = [
     "TraceError",
     "TracesimError",
     "__version__",
+    "op_times",
     "simulate",
     "validate",
 ]
@@ -29,3 +30,6 @@ def simulate(
     compute_model: str,
     network: str,
 ) -> tuple[pa.RecordBatch, str, str, str]: ...
+def op_times(
+    ops: Any, system_json: str, source_system_json: str | None, compute_model: str
+) -> pa.RecordBatch: ...

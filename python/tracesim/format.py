@@ -83,6 +83,10 @@ OPS = _cols(
     Column("iteration", pa.uint32()),
     Column("layer", pa.int32()),
     Column("phase", pa.string(), values=PHASES),
+    # Extension of DESIGN.md §2: GEMM problem shape, for wave quantisation in the compute model.
+    Column("gemm_m", pa.uint64()),
+    Column("gemm_n", pa.uint64()),
+    Column("gemm_k", pa.uint64()),
 )
 
 GROUPS = _cols(

@@ -103,6 +103,27 @@ def _peak_memory(trace: Trace, timeline: pl.DataFrame, system: System) -> dict[i
     return {int(r): {tier: int(b)} for r, b in peaks.iter_rows()}
 
 
+def op_times(
+    ops: Trace | pa.Table,
+    system: System | str | os.PathLike[str],
+    *,
+    compute_model: ComputeModelName = "roofline",
+    source_system: str | System | None = None,
+) -> pa.Int64Array:
+    """Each op's duration from the compute model alone on `system` (null for collectives and
+    send/recv, which the network model times). For calibrating and checking the compute model."""
+    from tracesim import format as fmt
+
+    table = ops.ops if isinstance(ops, Trace) else fmt.conform(ops, fmt.OPS, "ops")
+    target = system if isinstance(system, System) else load_system(system)
+    source = load_system(source_system) if isinstance(source_system, str) else source_system
+    batch = _core.op_times(
+        table, target.engine_json(), None if source is None else source.engine_json(), compute_model
+    )
+    column: pa.Int64Array = batch.column(0)
+    return column
+
+
 def simulate(
     trace: Trace | str | os.PathLike[str],
     system: System | str | os.PathLike[str] = "dgx-h100",

@@ -38,11 +38,25 @@ class MemoryTier(_Strict):
     write_endurance: float | None = Field(default=None, gt=0)
 
 
+class Efficiency(_Strict):
+    """Achieved share of peak by op size (fitted on measured kernel tables; see
+    docs/calibration.md). The defaults are a plain roofline."""
+
+    gemm_max: float = Field(default=1.0, gt=0, le=1)
+    gemm_half_flops: float = Field(default=0.0, ge=0)
+    mem_max: float = Field(default=1.0, gt=0, le=1)
+    mem_half_bytes: float = Field(default=0.0, ge=0)
+    tile_m: int = Field(default=128, ge=1)
+    tile_n: int = Field(default=128, ge=1)
+
+
 class Device(_Strict):
     name: str
     description: str = ""
     peak_flops: dict[Dtype, float]
     launch_overhead_ns: float = Field(default=0.0, ge=0)
+    sm_count: int = Field(default=0, ge=0)
+    efficiency: Efficiency = Field(default_factory=Efficiency)
     tdp_w: float | None = Field(default=None, gt=0)
     static_power_w: float = Field(default=0.0, ge=0)
     energy_pj_per_flop: dict[Dtype, float] = Field(default_factory=dict)
@@ -96,6 +110,8 @@ class System(_Strict):
                     "name": d.name,
                     "peak_flops": d.peak_flops,
                     "launch_overhead_ns": d.launch_overhead_ns,
+                    "sm_count": d.sm_count,
+                    "efficiency": d.efficiency.model_dump(),
                     "energy_pj_per_flop": d.energy_pj_per_flop,
                     "static_power_w": d.static_power_w,
                     "primary_memory": d.primary_memory,
@@ -257,3 +273,9 @@ def load_device(name: str) -> Device:
         return Device.model_validate(_resolve("devices", raw, where))
     except ValidationError as e:
         raise SystemConfigError(_describe(e, f"preset {where}")) from None
+
+
+def load_tier(name: str) -> dict[str, Any]:
+    """A memory-tier preset: the technology's latency, energy, retention and endurance."""
+    raw, _ = _preset("tiers", name)
+    return raw

@@ -79,21 +79,40 @@ impl ComputeMode {
     }
 }
 
-/// Roofline time: the larger of FLOPs at dense peak and bytes at the primary tier's
-/// bandwidth, plus the device's per-kernel launch overhead.
+/// Roofline time with the device's efficiency model: the larger of FLOPs at the achieved share
+/// of dense peak (size saturation × wave quantisation) and bytes at the achieved share of the
+/// primary tier's bandwidth, plus the per-kernel launch overhead.
 pub struct Roofline<'a> {
     pub system: &'a System,
 }
 
 impl Roofline<'_> {
-    fn estimate_ns(&self, ops: &Ops, i: usize) -> Option<f64> {
+    /// Wave-quantisation efficiency of a GEMM with an M×N output: the share of SM slots that
+    /// the last, partly filled wave leaves busy.
+    fn wave_efficiency(&self, m: u64, n: u64) -> f64 {
+        let device = &self.system.device;
+        let sms = u64::from(device.sm_count);
+        if sms == 0 || m == 0 || n == 0 {
+            return 1.0;
+        }
+        let e = &device.efficiency;
+        let tiles = m.div_ceil(e.tile_m) * n.div_ceil(e.tile_n);
+        let waves = tiles.div_ceil(sms);
+        tiles as f64 / (waves * sms) as f64
+    }
+
+    pub(crate) fn estimate_ns(&self, ops: &Ops, i: usize) -> Option<f64> {
         let flops = ops.flops(i).filter(|f| f.is_finite() && *f > 0.0);
         let bytes = ops.bytes(i).filter(|b| *b > 0);
         if flops.is_none() && bytes.is_none() {
             return None;
         }
+        let eff = &self.system.device.efficiency;
         let compute_s = match (flops, self.system.peak_flops(ops.dtype(i))) {
-            (Some(f), Some(peak)) => f / peak,
+            (Some(f), Some(peak)) => {
+                let (m, n) = ops.gemm_mn(i);
+                f / (peak * eff.compute(f) * self.wave_efficiency(m, n))
+            }
             _ => 0.0,
         };
         let memory_s = match (bytes, self.system.primary_tier()) {
@@ -103,7 +122,8 @@ impl Roofline<'_> {
                     .as_ref()
                     .map_or(0, |a| if a.is_valid(i) { a.value(i) } else { 0 });
                 let written = b - read.min(b);
-                read as f64 / tier.read_bw_bytes + written as f64 / tier.write_bw_bytes
+                let e = eff.memory(b as f64);
+                (read as f64 / tier.read_bw_bytes + written as f64 / tier.write_bw_bytes) / e
             }
             _ => 0.0,
         };

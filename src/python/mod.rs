@@ -73,6 +73,38 @@ fn simulate<'py>(
     ))
 }
 
+/// Per-op durations from the compute model alone (null for collectives and send/recv).
+#[pyfunction]
+#[pyo3(signature = (ops, system_json, source_system_json, compute_model))]
+fn op_times<'py>(
+    py: Python<'py>,
+    ops: PyTable,
+    system_json: &str,
+    source_system_json: Option<&str>,
+    compute_model: &str,
+) -> PyResult<Bound<'py, PyAny>> {
+    let system_json = system_json.to_owned();
+    let source_json = source_system_json.map(str::to_owned);
+    let mode = ComputeMode::parse(compute_model).map_err(errors::to_py)?;
+    let times = py
+        .detach(move || -> crate::Result<Vec<Option<i64>>> {
+            let system = System::from_json(&system_json)?;
+            let source = source_json.as_deref().map(System::from_json).transpose()?;
+            let (batches, _) = ops.into_inner();
+            let trace = Trace {
+                ranks: 1,
+                ops: Ops::from_batches(&batches)?,
+                groups: Vec::new(),
+            };
+            crate::op_times(&trace, &system, source.as_ref(), mode)
+        })
+        .map_err(errors::to_py)?;
+    let schema = Schema::new(vec![Field::new("duration_ns", DataType::Int64, true)]);
+    let batch = RecordBatch::try_new(Arc::new(schema), vec![Arc::new(Int64Array::from(times))])
+        .map_err(|e| errors::to_py(crate::Error::Config(e.to_string())))?;
+    PyRecordBatch::new(batch).into_pyarrow(py)
+}
+
 /// The timeline table (DESIGN.md §5); schedule vectors become Arrow buffers without a copy.
 fn timeline_batch(trace: &Trace, s: crate::Schedule, energy_j: Vec<f64>) -> crate::Result<RecordBatch> {
     let schema = Schema::new(vec![
@@ -106,6 +138,7 @@ fn timeline_batch(trace: &Trace, s: crate::Schedule, energy_j: Vec<f64>) -> crat
 fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(validate, m)?)?;
     m.add_function(wrap_pyfunction!(simulate, m)?)?;
+    m.add_function(wrap_pyfunction!(op_times, m)?)?;
     errors::register(m)?;
     m.add("__version__", env!("CARGO_PKG_VERSION"))?;
     Ok(())

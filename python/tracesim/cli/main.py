@@ -14,7 +14,7 @@ from rich.table import Table
 
 from tracesim.exceptions import TracesimError
 from tracesim.simulate import ComputeModelName, NetworkModelName, Result, simulate
-from tracesim.system import PRESET_KINDS, load_device, load_system, preset_names
+from tracesim.system import load_device, load_system, load_tier, preset_names
 from tracesim.trace import read_trace
 
 app = typer.Typer(
@@ -98,9 +98,7 @@ def demo(
 @app.command()
 def systems() -> None:
     """List the shipped presets: systems, devices and memory tiers."""
-    table = Table(
-        "system", "device", "devices/node", "scale-up GB/s/dir", "scale-out GB/s/dir", "description"
-    )
+    table = Table("system", "device", "per node", "scale-up GB/s", "scale-out GB/s", title="systems")
     for name in preset_names("systems"):
         s = load_system(name)
         table.add_row(
@@ -109,22 +107,29 @@ def systems() -> None:
             str(s.devices_per_node),
             f"{s.network.scale_up.bw_bytes / 1e9:g}",
             f"{s.network.scale_out.bw_bytes / 1e9:g}",
-            s.description,
         )
     console.print(table)
-    devices = Table("device", "bf16 TFLOP/s", "memory", "description")
+    devices = Table("device", "bf16 TFLOP/s", "memory tiers (GB @ TB/s read)", title="devices")
     for name in preset_names("devices"):
         d = load_device(name)
         mem = ", ".join(
-            f"{k}: {t.capacity_bytes / 1e9:g} GB @ {t.read_bw_bytes / 1e12:g} TB/s"
-            for k, t in d.memory.items()
+            f"{k} {t.capacity_bytes / 1e9:g} @ {t.read_bw_bytes / 1e12:g}" for k, t in d.memory.items()
         )
         bf16 = d.peak_flops.get("bf16")
-        devices.add_row(name, "-" if bf16 is None else f"{bf16 / 1e12:g}", mem, d.description)
+        devices.add_row(name, "-" if bf16 is None else f"{bf16 / 1e12:g}", mem)
     console.print(devices)
-    kinds = [k for k in PRESET_KINDS if k not in ("systems", "devices")]
-    for kind in kinds:
-        console.print(f"memory tiers: {', '.join(preset_names(kind))}")
+    tiers = Table("tier", "latency ns", "read pJ/bit", "write pJ/bit", "retention", title="memory tiers")
+    for name in preset_names("tiers"):
+        t = load_tier(name)
+        retention = t.get("retention_s")
+        tiers.add_row(
+            name,
+            f"{t.get('latency_ns', 0):g}",
+            f"{t.get('read_energy_pj_per_bit', 0):g}",
+            f"{t.get('write_energy_pj_per_bit', 0):g}",
+            "-" if retention is None else f"{retention / 3600:g} h",
+        )
+    console.print(tiers)
 
 
 @app.command()
