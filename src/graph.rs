@@ -367,7 +367,14 @@ fn rendezvous(trace: &Trace) -> Result<(Vec<u32>, Rendezvous)> {
                     return Err(Error::ops(
                         "peer",
                         Some(id),
-                        format!("rank {rank} {}s to itself", kind.as_str()),
+                        format!(
+                            "rank {rank} {} itself",
+                            if kind == OpKind::Send {
+                                "sends to"
+                            } else {
+                                "receives from"
+                            }
+                        ),
                     ));
                 }
                 let (key, side) = if kind == OpKind::Send {

@@ -13,11 +13,20 @@ use pyo3_arrow::{PyRecordBatch, PyTable};
 use crate::model::ComputeMode;
 use crate::{Group, Ops, SimOptions, System, Trace};
 
+/// The table's batches; a table without rows may have none, so give it one empty batch.
+fn batches_of(table: PyTable) -> Vec<RecordBatch> {
+    let (batches, schema) = table.into_inner();
+    if batches.is_empty() {
+        vec![RecordBatch::new_empty(schema)]
+    } else {
+        batches
+    }
+}
+
 fn load_trace(ops: PyTable, groups: Option<PyTable>, ranks: u32) -> crate::Result<Trace> {
-    let (batches, _) = ops.into_inner();
-    let ops = Ops::from_batches(&batches)?;
+    let ops = Ops::from_batches(&batches_of(ops))?;
     let groups: Vec<Group> = match groups {
-        Some(g) => crate::trace::groups_from_batches(&g.into_inner().0)?,
+        Some(g) => crate::trace::groups_from_batches(&batches_of(g))?,
         None => Vec::new(),
     };
     Ok(Trace { ranks, ops, groups })

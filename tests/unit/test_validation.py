@@ -14,11 +14,11 @@ import polars as pl
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-from conftest import SAMPLE_TRACES, Row, base_groups, base_ops, ops_table, write_trace_dir
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import tracesim
+from tests.tracedirs import OPS_TYPES, SAMPLE_TRACES, Row, base_groups, base_ops, ops_table, write_trace_dir
 from tracesim import SimulationError, TraceError
 
 TraceWriter = Callable[..., Path]
@@ -131,7 +131,9 @@ def test_mistyped_groups_column(make_trace: TraceWriter, valid_ops: list[Row]) -
     assert_names(trace_error(path), path / "groups.parquet", "ranks")
 
 
-def test_kind_with_unknown_value(make_trace: TraceWriter, valid_ops: list[Row], valid_groups: list[Row]) -> None:
+def test_kind_with_unknown_value(
+    make_trace: TraceWriter, valid_ops: list[Row], valid_groups: list[Row]
+) -> None:
     find(valid_ops, 7)["kind"] = "warp_drive"
     path = make_trace(valid_ops, groups=valid_groups)
     msg = trace_error(path)
@@ -139,7 +141,9 @@ def test_kind_with_unknown_value(make_trace: TraceWriter, valid_ops: list[Row], 
     assert "warp_drive" in msg
 
 
-def test_coll_with_unknown_value(make_trace: TraceWriter, valid_ops: list[Row], valid_groups: list[Row]) -> None:
+def test_coll_with_unknown_value(
+    make_trace: TraceWriter, valid_ops: list[Row], valid_groups: list[Row]
+) -> None:
     find(valid_ops, 4)["coll"] = "all_reduce_scatter"
     path = make_trace(valid_ops, groups=valid_groups)
     msg = trace_error(path)
@@ -311,15 +315,18 @@ def test_participants_disagree_on_coll(
     assert "all_gather" in msg and "all_reduce" in msg
 
 
+@pytest.mark.parametrize("bytes_", [12345, None], ids=["different", "null"])
 def test_participants_disagree_on_comm_bytes(
-    make_trace: TraceWriter, valid_ops: list[Row], valid_groups: list[Row]
+    make_trace: TraceWriter, valid_ops: list[Row], valid_groups: list[Row], bytes_: int | None
 ) -> None:
-    find(valid_ops, 4)["comm_bytes"] = 12345
+    find(valid_ops, 4)["comm_bytes"] = bytes_
     path = make_trace(valid_ops, groups=valid_groups)
     msg = trace_error(path)
     assert_names(msg, path / "ops.parquet", "comm_bytes")
     assert re.search(r"\bop_id (3|4)\b", msg), msg
-    assert "12345" in msg and str(1 << 20) in msg
+    assert str(1 << 20) in msg and (bytes_ is None or str(bytes_) in msg)
+    # The message is for users: no Rust Debug syntax such as Some(12345) or None.
+    assert not re.search(r"\bSome\(|\bNone\b", msg), f"Rust Option syntax in message: {msg}"
 
 
 def test_collective_group_not_in_groups(
@@ -391,10 +398,15 @@ def test_send_and_recv_disagree_on_p2p_seq(
     assert re.search(r"\bop_id (5|6)\b", msg), msg
 
 
-def test_send_to_itself(make_trace: TraceWriter, valid_ops: list[Row], valid_groups: list[Row]) -> None:
-    find(valid_ops, 5)["peer"] = 0
+@pytest.mark.parametrize(("op_id", "rank"), [(5, 0), (6, 1)], ids=["send", "recv"])
+def test_send_to_itself(
+    make_trace: TraceWriter, valid_ops: list[Row], valid_groups: list[Row], op_id: int, rank: int
+) -> None:
+    find(valid_ops, op_id)["peer"] = rank
     path = make_trace(valid_ops, groups=valid_groups)
-    assert_names(trace_error(path), path / "ops.parquet", "peer", 5)
+    msg = trace_error(path)
+    assert_names(msg, path / "ops.parquet", "peer", op_id)
+    assert "itself" in msg
 
 
 @pytest.mark.parametrize("op_id", [5, 6], ids=["send", "recv"])
@@ -487,6 +499,14 @@ def test_trace_json_wrong_format_or_version(
     msg = trace_error(path)
     assert_names(msg, path / "trace.json")
     assert f"'{field}'" in msg
+
+
+def test_empty_trace_is_valid(make_trace: TraceWriter) -> None:
+    """A trace with the required columns and no rows is empty, not malformed."""
+    ops = pa.table({c: pa.array([], OPS_TYPES[c]) for c in ("op_id", "rank", "stream", "name", "kind")})
+    path = make_trace(ops, ranks=1)
+    trace = tracesim.read_trace(path)
+    assert trace.num_ops == 0
 
 
 def test_path_is_a_file(tmp_path: Path) -> None:
@@ -603,39 +623,46 @@ def test_deadlock_through_send_recv_order(make_trace: TraceWriter) -> None:
 # --------------------------------------------------------------------------- fuzz
 
 
-_KINDS = ["compute", "collective", "send", "recv", "host", "memory"]
-
-
 @st.composite
-def _random_trace(draw: st.DrawFn) -> tuple[int, list[Row], list[Row]]:
+def _random_trace(draw: st.DrawFn) -> tuple[int, list[Row], pa.Table]:
+    """Small traces that are often valid and often broken in one or two ways."""
     ranks = draw(st.integers(1, 3))
     n = draw(st.integers(1, 8))
     ids = draw(st.lists(st.integers(0, 12), min_size=n, max_size=n))
-    small = st.integers(0, 3)
+    rank = st.one_of(st.integers(0, ranks - 1), st.integers(0, ranks))  # mostly in range
+    kind = st.sampled_from(["compute", "collective", "send", "recv", "host", "memory"])
     rows = []
     for op_id in ids:
         rows.append(
             {
                 "op_id": op_id,
-                "rank": draw(small),
+                "rank": draw(rank),
                 "stream": draw(st.integers(0, 1)),
                 "name": "op",
-                "kind": draw(st.sampled_from(_KINDS)),
+                "kind": draw(kind),
                 "duration_ns": draw(st.one_of(st.none(), st.integers(-1, 1000))),
-                "deps": draw(st.lists(st.integers(0, 13), max_size=2)),
+                "deps": draw(st.lists(st.sampled_from([*ids, 13]), max_size=2)),
                 "coll": draw(st.sampled_from([None, "all_reduce", "barrier"])),
                 "group_id": draw(st.one_of(st.none(), st.integers(0, 1))),
                 "coll_seq": draw(st.one_of(st.none(), st.integers(0, 1))),
                 "comm_bytes": draw(st.sampled_from([None, 8, 16])),
-                "peer": draw(st.one_of(st.none(), small)),
+                "peer": draw(st.one_of(st.none(), rank)),
                 "p2p_seq": draw(st.one_of(st.none(), st.integers(0, 1))),
             }
         )
-    groups = draw(
+    group_rows = draw(
         st.lists(
-            st.fixed_dictionaries({"group_id": st.integers(0, 1), "ranks": st.lists(small, max_size=3)}),
+            st.fixed_dictionaries(
+                {"group_id": st.integers(0, 2), "ranks": st.lists(rank, min_size=1, max_size=3, unique=True)}
+            ),
             max_size=2,
         )
+    )
+    groups = pa.table(
+        {
+            "group_id": pa.array([g["group_id"] for g in group_rows], pa.uint32()),
+            "ranks": pa.array([g["ranks"] for g in group_rows], pa.list_(pa.uint32())),
+        }
     )
     return ranks, rows, groups
 
@@ -643,7 +670,7 @@ def _random_trace(draw: st.DrawFn) -> tuple[int, list[Row], list[Row]]:
 @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(case=_random_trace(), with_groups=st.booleans())
 def test_random_traces_fail_cleanly(
-    tmp_path: Path, case: tuple[int, list[Row], list[Row]], with_groups: bool
+    tmp_path: Path, case: tuple[int, list[Row], pa.Table], with_groups: bool
 ) -> None:
     """Any trace is either read, or refused with a one-line TraceError naming a file; a trace
     that is read replays or reports a deadlock, never anything else."""
