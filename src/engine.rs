@@ -5,7 +5,9 @@ use std::collections::BinaryHeap;
 
 use crate::error::{BlockedOp, Error, Result};
 use crate::graph::{cycle_error, find_cycle, Graph, NONE};
+use crate::memory::MemoryState;
 use crate::model::{ComputeModel, NetworkModel, TimeSource};
+use crate::system::System;
 use crate::trace::{CollKind, OpKind, Trace};
 
 /// Per-op times of one replay, indexed like the trace's rows.
@@ -25,10 +27,15 @@ pub struct Schedule {
 pub struct Models<'a> {
     pub compute: &'a dyn ComputeModel,
     pub network: &'a dyn NetworkModel,
+    pub system: &'a System,
 }
 
-/// Replays `trace` over `graph` (from [`crate::graph::validate`] or [`Graph::build`]).
-pub fn replay(trace: &Trace, graph: &Graph, models: &Models) -> Result<Schedule> {
+/// Marks an op whose duration depends on where its tensors are placed at run time.
+const DEFERRED: i64 = i64::MIN;
+
+/// Replays `trace` over `graph` (from [`crate::graph::validate`] or [`Graph::build`]); with
+/// `memory`, tensors are placed and freed as ops start and end.
+pub fn replay(trace: &Trace, graph: &Graph, models: &Models, mut memory: Option<&mut MemoryState>) -> Result<Schedule> {
     let ops = &trace.ops;
     let n = ops.len();
     let rdv = &graph.rendezvous;
@@ -38,9 +45,14 @@ pub fn replay(trace: &Trace, graph: &Graph, models: &Models) -> Result<Schedule>
     // Durations of plain ops and transfer times of rendezvous do not depend on the schedule
     // in these models, so they are computed once up front.
     let mut duration = vec![0i64; n];
+    let plan = memory.as_ref().map(|m| m.plan);
     for (i, d) in duration.iter_mut().enumerate() {
         if graph.instance_of[i] == NONE {
-            let t = models.compute.op_time(ops, i);
+            if plan.is_some_and(|p| !p.accesses_of(i).is_empty()) {
+                *d = DEFERRED;
+                continue;
+            }
+            let t = models.compute.op_time(ops, i, None);
             if t.source == TimeSource::Unknown {
                 untimed_ops += 1;
             }
@@ -97,10 +109,24 @@ pub fn replay(trace: &Trace, graph: &Graph, models: &Models) -> Result<Schedule>
                         heap: &mut BinaryHeap<Reverse<(i64, u32)>>,
                         start: &mut [i64],
                         end: &mut [i64],
-                        wait: &mut [i64]|
+                        wait: &mut [i64],
+                        memory: &mut Option<&mut MemoryState>|
      -> Result<()> {
+        if let Some(mem) = memory.as_deref_mut() {
+            for &t in mem.plan.allocs_at(i) {
+                mem.allocate(t, ready[i], Some(ops.id(i)), models.system)?;
+            }
+        }
         let c = graph.instance_of[i];
         if c == NONE {
+            if duration[i] == DEFERRED {
+                let placed = memory.as_deref().and_then(|m| m.memory_seconds(i, models.system));
+                let t = models.compute.op_time(ops, i, placed);
+                if t.source == TimeSource::Unknown {
+                    untimed_ops += 1;
+                }
+                duration[i] = t.ns;
+            }
             let e = ready[i].checked_add(duration[i]).ok_or_else(|| overflow(i))?;
             start[i] = ready[i];
             end[i] = e;
@@ -124,21 +150,31 @@ pub fn replay(trace: &Trace, graph: &Graph, models: &Models) -> Result<Schedule>
         Ok(())
     };
 
+    if let Some(mem) = memory.as_deref_mut() {
+        for &t in &mem.plan.resident {
+            mem.allocate(t, 0, None, models.system)?;
+        }
+    }
     for i in 0..n {
         if pending[i] == 0 {
-            on_ready(i, &ready, &mut heap, &mut start, &mut end, &mut wait)?;
+            on_ready(i, &ready, &mut heap, &mut start, &mut end, &mut wait, &mut memory)?;
         }
     }
     while let Some(Reverse((t, i))) = heap.pop() {
         done += 1;
         let i = i as usize;
+        if let Some(mem) = memory.as_deref_mut() {
+            for &tensor in mem.plan.frees_at(i) {
+                mem.free(tensor, t);
+            }
+        }
         let next = graph.stream_next[i];
         if next != NONE {
             let s = next as usize;
             ready[s] = ready[s].max(t);
             pending[s] -= 1;
             if pending[s] == 0 {
-                on_ready(s, &ready, &mut heap, &mut start, &mut end, &mut wait)?;
+                on_ready(s, &ready, &mut heap, &mut start, &mut end, &mut wait, &mut memory)?;
             }
         }
         for &s in graph.successors(i) {
@@ -146,7 +182,7 @@ pub fn replay(trace: &Trace, graph: &Graph, models: &Models) -> Result<Schedule>
             ready[s] = ready[s].max(t);
             pending[s] -= 1;
             if pending[s] == 0 {
-                on_ready(s, &ready, &mut heap, &mut start, &mut end, &mut wait)?;
+                on_ready(s, &ready, &mut heap, &mut start, &mut end, &mut wait, &mut memory)?;
             }
         }
     }

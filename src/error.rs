@@ -7,6 +7,8 @@ use std::fmt;
 pub enum Table {
     Ops,
     Groups,
+    Tensors,
+    Accesses,
 }
 
 impl Table {
@@ -14,6 +16,8 @@ impl Table {
         match self {
             Table::Ops => "ops.parquet",
             Table::Groups => "groups.parquet",
+            Table::Tensors => "tensors.parquet",
+            Table::Accesses => "accesses.parquet",
         }
     }
 }
@@ -41,6 +45,9 @@ pub enum Error {
     /// Ops that can never become ready; `blocked` holds the head op of every stuck stream.
     #[error("deadlock: {stuck} ops can never run; {}", fmt_blocked(blocked))]
     Deadlock { stuck: usize, blocked: Vec<BlockedOp> },
+    /// A tensor did not fit in any tier its placement allows (names rank, tier, op and bytes).
+    #[error("{0}")]
+    OutOfMemory(String),
     /// The system description or a model option is unusable.
     #[error("system: {0}")]
     Config(String),

@@ -9,6 +9,7 @@
 pub mod engine;
 pub mod error;
 pub mod graph;
+pub mod memory;
 pub mod model;
 pub mod summary;
 pub mod system;
@@ -36,12 +37,28 @@ pub struct Outcome {
     pub schedule: Schedule,
     pub energy_j: Vec<f64>,
     pub summary: Summary,
+    /// Occupancy changes of every (rank, tier), in replay order, when the trace has tensors.
+    pub memory_events: Vec<memory::MemoryEvent>,
     pub compute_model: &'static str,
     pub network_model: &'static str,
 }
 
 /// Validates and replays `trace` on `system`; `source` is the system it was measured on.
 pub fn simulate(trace: &Trace, system: &System, source: Option<&System>, options: &SimOptions) -> Result<Outcome> {
+    simulate_with_memory(trace, None, system, source, options, false)
+}
+
+/// [`simulate`] with the trace's tensors and accesses: tensors are placed in tiers by class,
+/// ops' memory time follows their placement, and running out of capacity is an error unless
+/// `allow_oom`, which turns it into a warning.
+pub fn simulate_with_memory(
+    trace: &Trace,
+    plan: Option<&memory::MemoryPlan>,
+    system: &System,
+    source: Option<&System>,
+    options: &SimOptions,
+    allow_oom: bool,
+) -> Result<Outcome> {
     let compute = options.compute.build(system, source)?;
     let network: Box<dyn NetworkModel> = match options.network.as_str() {
         "analytical" => Box::new(AnalyticalNetwork { system }),
@@ -70,13 +87,23 @@ pub fn simulate(trace: &Trace, system: &System, source: Option<&System>, options
     let models = engine::Models {
         compute: compute.as_ref(),
         network: network.as_ref(),
+        system,
     };
-    let schedule = engine::replay(trace, &graph, &models)?;
-    let (energy_j, energy) = summary::op_energy(trace, &graph, system, network.as_ref());
-    let summary = summary::summarize(trace, &graph, system, &schedule, energy, Vec::new());
+    let mut state = plan
+        .map(|p| memory::MemoryState::new(p, system, trace.ranks, allow_oom))
+        .transpose()?;
+    let schedule = engine::replay(trace, &graph, &models, state.as_mut())?;
+    let (energy_j, energy) = summary::op_energy(trace, &graph, system, network.as_ref(), state.as_ref());
+    let mut summary = summary::summarize(trace, &graph, system, &schedule, energy, Vec::new());
+    let mut memory_events = Vec::new();
+    if let Some(state) = state {
+        summary::add_memory(&mut summary, trace, system, &state);
+        memory_events = state.events;
+    }
     Ok(Outcome {
         schedule,
         energy_j,
+        memory_events,
         summary,
         compute_model: compute.name(),
         network_model: network.name(),
@@ -96,7 +123,7 @@ pub fn op_times(
     Ok((0..ops.len())
         .map(|i| match ops.kind[i] {
             trace::OpKind::Collective | trace::OpKind::Send | trace::OpKind::Recv => None,
-            _ => Some(compute.op_time(ops, i).ns),
+            _ => Some(compute.op_time(ops, i, None).ns),
         })
         .collect())
 }

@@ -6,6 +6,7 @@ use serde::Serialize;
 
 use crate::engine::Schedule;
 use crate::graph::{Graph, NONE};
+use crate::memory::MemoryState;
 use crate::model::NetworkModel;
 use crate::system::System;
 use crate::trace::{CollKind, Dtype, OpKind, Trace};
@@ -25,6 +26,8 @@ pub struct RankSummary {
     /// Time within the makespan when no device op of the rank runs.
     pub idle_ns: i64,
     pub ops: u64,
+    /// Peak bytes resident per memory tier (from tensors.parquet).
+    pub peak_memory_bytes: BTreeMap<String, u64>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -56,6 +59,7 @@ pub struct Summary {
     pub energy_breakdown_j: EnergyBreakdown,
     pub total_flops: f64,
     pub mfu: Option<f64>,
+    pub memory_tiers: Vec<TierSummary>,
     pub warnings: Vec<String>,
 }
 
@@ -65,22 +69,25 @@ pub fn op_energy(
     graph: &Graph,
     system: &System,
     network: &dyn NetworkModel,
+    memory: Option<&MemoryState>,
 ) -> (Vec<f64>, EnergyBreakdown) {
     let ops = &trace.ops;
     let mut energy = vec![0.0; ops.len()];
     let mut total = EnergyBreakdown::default();
-    let tier = system.primary_tier();
+    let memory_state = memory;
     let rdv = &graph.rendezvous;
     for (i, e) in energy.iter_mut().enumerate() {
         match ops.kind[i] {
             OpKind::Compute | OpKind::Memory => {
                 let flops = ops.flops(i).filter(|f| f.is_finite() && *f > 0.0).unwrap_or(0.0);
                 let compute = flops * system.energy_pj_per_flop(ops.dtype(i)) * 1e-12;
-                let read = ops.bytes_read.as_ref().map_or(0, |a| arrow_value(a, i)) as f64;
-                let written = ops.bytes_written.as_ref().map_or(0, |a| arrow_value(a, i)) as f64;
-                let memory = tier.map_or(0.0, |t| {
-                    (read * t.read_energy_pj_per_bit + written * t.write_energy_pj_per_bit) * 8.0 * 1e-12
-                });
+                let mut memory = 0.0;
+                for (tier, read, written) in op_traffic(ops, i, system, memory_state) {
+                    let t = system.tier(tier);
+                    memory += (read as f64 * t.read_energy_pj_per_bit + written as f64 * t.write_energy_pj_per_bit)
+                        * 8.0
+                        * 1e-12;
+                }
                 total.compute += compute;
                 total.memory += memory;
                 *e = compute + memory;
@@ -106,6 +113,146 @@ pub fn op_energy(
         }
     }
     (energy, total)
+}
+
+/// (tier, bytes read, bytes written) of a compute or memory op: from its accesses and the
+/// tiers their tensors live in when known, else its bytes_read/bytes_written on the primary tier.
+fn op_traffic(ops: &crate::trace::Ops, i: usize, system: &System, memory: Option<&MemoryState>) -> Vec<(u8, u64, u64)> {
+    if let Some(m) = memory {
+        let accesses = m.plan.accesses_of(i);
+        if !accesses.is_empty() {
+            let mut out: Vec<(u8, u64, u64)> = Vec::new();
+            for &(t, write, bytes) in accesses {
+                let tier = m.tier_of[t as usize];
+                let tier = if tier == u8::MAX { system.primary_index() } else { tier };
+                let slot = match out.iter_mut().position(|x| x.0 == tier) {
+                    Some(p) => p,
+                    None => {
+                        out.push((tier, 0, 0));
+                        out.len() - 1
+                    }
+                };
+                if write {
+                    out[slot].2 += bytes;
+                } else {
+                    out[slot].1 += bytes;
+                }
+            }
+            return out;
+        }
+    }
+    let read = ops.bytes_read.as_ref().map_or(0, |a| arrow_value(a, i));
+    let written = ops.bytes_written.as_ref().map_or(0, |a| arrow_value(a, i));
+    if read == 0 && written == 0 {
+        return Vec::new();
+    }
+    vec![(system.primary_index(), read, written)]
+}
+
+/// Traffic, occupancy, endurance and retention of one memory tier over the replay.
+#[derive(Debug, Clone, Serialize)]
+pub struct TierSummary {
+    pub tier: String,
+    pub capacity_bytes: f64,
+    /// Largest occupancy on any rank.
+    pub peak_bytes: u64,
+    pub bytes_read: u64,
+    pub bytes_written: u64,
+    /// bytes_read / bytes_written; null when nothing was written.
+    pub read_write_ratio: Option<f64>,
+    /// Writes per cell per day at this step's rate with ideal wear-levelling over the occupied
+    /// region (bytes written per day / peak occupancy), on the busiest rank.
+    pub writes_per_cell_per_day: f64,
+    pub write_endurance: Option<f64>,
+    /// Years until `write_endurance` is reached at that rate; null when unlimited or unknown.
+    pub endurance_years: Option<f64>,
+    /// Longest time any tensor stayed in the tier.
+    pub max_data_lifetime_s: f64,
+    pub retention_s: Option<f64>,
+}
+
+/// Adds per-rank peak memory per tier and per-tier traffic, endurance and retention.
+pub fn add_memory(summary: &mut Summary, trace: &Trace, system: &System, state: &MemoryState) {
+    let tiers = state.tiers();
+    for r in summary.ranks.iter_mut() {
+        for t in 0..tiers {
+            let peak = state.peak_of(r.rank, t);
+            if peak > 0 {
+                r.peak_memory_bytes.insert(system.tier_name(t as u8).to_owned(), peak);
+            }
+        }
+    }
+    let ranks = trace.ranks as usize;
+    let mut read = vec![0u64; tiers];
+    let mut written = vec![0u64; ranks * tiers];
+    let ops = &trace.ops;
+    for i in 0..ops.len() {
+        if matches!(ops.kind[i], OpKind::Compute | OpKind::Memory) {
+            let rank = ops.rank.value(i) as usize;
+            for (tier, r, w) in op_traffic(ops, i, system, Some(state)) {
+                read[tier as usize] += r;
+                written[rank * tiers + tier as usize] += w;
+            }
+        }
+    }
+    let end = summary.end_ns;
+    let seconds = (summary.makespan_ns.max(1)) as f64 * 1e-9;
+    let mut lifetime = vec![0i64; tiers];
+    for (t, &tier) in state.tier_of.iter().enumerate() {
+        if tier != u8::MAX {
+            let freed = if state.free_time[t] == i64::MAX {
+                end
+            } else {
+                state.free_time[t]
+            };
+            lifetime[tier as usize] = lifetime[tier as usize].max(freed - state.alloc_time[t]);
+        }
+    }
+    for t in 0..tiers {
+        let spec = system.tier(t as u8);
+        let name = system.tier_name(t as u8).to_owned();
+        let peak = (0..trace.ranks).map(|r| state.peak_of(r, t)).max().unwrap_or(0);
+        let total_written: u64 = (0..ranks).map(|r| written[r * tiers + t]).sum();
+        let per_cell_per_day = (0..ranks)
+            .map(|r| {
+                let region = state.peak_of(r as u32, t);
+                if region == 0 {
+                    0.0
+                } else {
+                    written[r * tiers + t] as f64 / region as f64 * 86_400.0 / seconds
+                }
+            })
+            .fold(0.0, f64::max);
+        let endurance_years = spec
+            .write_endurance
+            .filter(|_| per_cell_per_day > 0.0)
+            .map(|e| e / per_cell_per_day / 365.0);
+        let max_life_s = lifetime[t] as f64 * 1e-9;
+        if let Some(ret) = spec.retention_s {
+            if max_life_s > ret {
+                summary.warnings.push(format!(
+                    "tier {name}: data stays {max_life_s:.3} s, longer than its retention of {ret} s; it needs refresh"
+                ));
+            }
+        }
+        if read[t] == 0 && total_written == 0 && peak == 0 {
+            continue;
+        }
+        summary.memory_tiers.push(TierSummary {
+            tier: name,
+            capacity_bytes: spec.capacity_bytes,
+            peak_bytes: peak,
+            bytes_read: read[t],
+            bytes_written: total_written,
+            read_write_ratio: (total_written > 0).then(|| read[t] as f64 / total_written as f64),
+            writes_per_cell_per_day: per_cell_per_day,
+            write_endurance: spec.write_endurance,
+            endurance_years,
+            max_data_lifetime_s: max_life_s,
+            retention_s: spec.retention_s,
+        });
+    }
+    summary.warnings.extend(state.oom_warnings.iter().cloned());
 }
 
 fn arrow_value(a: &arrow_array::UInt64Array, i: usize) -> u64 {
@@ -170,6 +317,7 @@ pub fn summarize(
             wait_ns: 0,
             idle_ns: makespan,
             ops: 0,
+            peak_memory_bytes: BTreeMap::new(),
         })
         .collect();
     // Streams are walked in execution order, so each stream contributes a sorted run and the
@@ -283,6 +431,7 @@ pub fn summarize(
         energy_breakdown_j: energy,
         total_flops,
         mfu,
+        memory_tiers: Vec::new(),
         warnings,
     }
 }

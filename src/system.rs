@@ -6,7 +6,28 @@ use std::collections::BTreeMap;
 use serde::Deserialize;
 
 use crate::error::{Error, Result};
+use crate::memory::TensorClass;
 use crate::trace::Dtype;
+
+/// Per-device memory tiers the engine tracks (a fixed bound keeps per-op work allocation-free).
+pub const MAX_TIERS: usize = 16;
+
+#[cold]
+fn unreachable_tier() -> &'static MemoryTier {
+    // check() guarantees at least the primary tier exists, so this is never reached; a static
+    // stand-in keeps the engine panic-free regardless.
+    static FALLBACK: MemoryTier = MemoryTier {
+        capacity_bytes: f64::INFINITY,
+        read_bw_bytes: f64::INFINITY,
+        write_bw_bytes: f64::INFINITY,
+        latency_ns: 0.0,
+        read_energy_pj_per_bit: 0.0,
+        write_energy_pj_per_bit: 0.0,
+        retention_s: None,
+        write_endurance: None,
+    };
+    &FALLBACK
+}
 
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -30,6 +51,10 @@ pub struct MemoryTier {
     pub read_energy_pj_per_bit: f64,
     #[serde(default)]
     pub write_energy_pj_per_bit: f64,
+    #[serde(default)]
+    pub retention_s: Option<f64>,
+    #[serde(default)]
+    pub write_endurance: Option<f64>,
 }
 
 /// Achieved fraction of peak as a function of op size, fitted on measured kernel tables.
@@ -124,6 +149,10 @@ pub struct System {
     pub devices_per_node: u32,
     pub device: Device,
     pub network: Network,
+    /// Tensor class → memory tiers in order of preference; a tensor spills to the next tier
+    /// when one is full. Classes not listed use the primary tier, then the others.
+    #[serde(default)]
+    pub placement: BTreeMap<String, Vec<String>>,
 }
 
 impl System {
@@ -191,6 +220,36 @@ impl System {
                 self.name
             )));
         }
+        if self.device.memory.len() > MAX_TIERS {
+            return Err(Error::Config(format!(
+                "{}: at most {MAX_TIERS} memory tiers per device",
+                self.name
+            )));
+        }
+        for (class, tiers) in &self.placement {
+            if TensorClass::parse(class).is_none() {
+                return Err(Error::Config(format!(
+                    "{}: placement names unknown tensor class {class:?}",
+                    self.name
+                )));
+            }
+            if tiers.is_empty() {
+                return Err(Error::Config(format!(
+                    "{}: placement.{class} lists no tiers",
+                    self.name
+                )));
+            }
+            for t in tiers {
+                if !self.device.memory.contains_key(t) {
+                    return Err(Error::Config(format!(
+                        "{}: placement.{class} names tier {t:?}, which device {} does not have (it has: {})",
+                        self.name,
+                        self.device.name,
+                        self.device.memory.keys().cloned().collect::<Vec<_>>().join(", ")
+                    )));
+                }
+            }
+        }
         if !self.device.memory.contains_key(&self.device.primary_memory) {
             return Err(Error::Config(format!(
                 "{}: device.primary_memory {:?} is not one of device.memory",
@@ -211,6 +270,46 @@ impl System {
 
     pub fn primary_tier(&self) -> Option<&MemoryTier> {
         self.device.memory.get(&self.device.primary_memory)
+    }
+
+    /// Index of a tier in `device.memory` (name order).
+    fn tier_index(&self, name: &str) -> Option<u8> {
+        self.device.memory.keys().position(|k| k == name).map(|i| i as u8)
+    }
+
+    pub fn primary_index(&self) -> u8 {
+        self.tier_index(&self.device.primary_memory).unwrap_or(0)
+    }
+
+    pub fn tier_name(&self, tier: u8) -> &str {
+        self.device.memory.keys().nth(tier as usize).map_or("?", String::as_str)
+    }
+
+    /// The tier at an index from [`System::placement_of`]; indices always come from that map.
+    pub fn tier(&self, tier: u8) -> &MemoryTier {
+        match self.device.memory.values().nth(tier as usize) {
+            Some(t) => t,
+            None => self.device.memory.values().next().unwrap_or_else(|| unreachable_tier()),
+        }
+    }
+
+    /// Tiers a tensor class may live in, in order of preference.
+    pub fn placement_of(&self, class: TensorClass) -> Result<Vec<u8>> {
+        let primary = self.primary_index();
+        match self.placement.get(class.as_str()) {
+            Some(names) => names
+                .iter()
+                .map(|n| {
+                    self.tier_index(n)
+                        .ok_or_else(|| Error::Config(format!("unknown tier {n:?}")))
+                })
+                .collect(),
+            None => {
+                let mut order = vec![primary];
+                order.extend((0..self.device.memory.len() as u8).filter(|&t| t != primary));
+                Ok(order)
+            }
+        }
     }
 
     /// Peak FLOP/s for a dtype; unknown dtypes fall back to fp32, then to the slowest listed.

@@ -24,12 +24,15 @@ def validate(ops: Any, groups: Any | None, ranks: int) -> None: ...
 def simulate(
     ops: Any,
     groups: Any | None,
+    tensors: Any | None,
+    accesses: Any | None,
     ranks: int,
     system_json: str,
     source_system_json: str | None,
     compute_model: str,
     network: str,
-) -> tuple[pa.RecordBatch, str, str, str]: ...
+    allow_oom: bool,
+) -> tuple[pa.RecordBatch, pa.RecordBatch, str, str, str]: ...
 def op_times(
     ops: Any, system_json: str, source_system_json: str | None, compute_model: str
 ) -> pa.RecordBatch: ...

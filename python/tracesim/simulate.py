@@ -28,6 +28,7 @@ class Result:
 
     timeline: pl.DataFrame
     summary: dict[str, Any]
+    memory: pl.DataFrame | None = None  # time_ns, rank, tier, used_bytes: occupancy over time
 
     @property
     def makespan_ns(self) -> int:
@@ -42,6 +43,8 @@ class Result:
         tmp = Path(tempfile.mkdtemp(prefix=f".{root.name}.", dir=root.parent))
         try:
             self.timeline.write_parquet(tmp / "timeline.parquet")
+            if self.memory is not None:
+                self.memory.write_parquet(tmp / "memory.parquet")
             (tmp / "summary.json").write_text(json.dumps(self.summary, indent=2) + "\n")
             if root.exists():
                 shutil.rmtree(root)
@@ -54,9 +57,11 @@ class Result:
 
 def read_result(path: str | os.PathLike[str]) -> Result:
     root = Path(path)
+    memory = root / "memory.parquet"
     return Result(
         timeline=pl.read_parquet(root / "timeline.parquet"),
         summary=json.loads((root / "summary.json").read_text()),
+        memory=pl.read_parquet(memory) if memory.exists() else None,
     )
 
 
@@ -74,33 +79,6 @@ def _source_system(trace: Trace, name: str | System | None, warnings: list[str])
         )
         return None
     return load_system(recorded)
-
-
-def _peak_memory(trace: Trace, timeline: pl.DataFrame, system: System) -> dict[int, dict[str, int]]:
-    """Peak bytes resident per rank: a tensor lives from its alloc op's start to its free op's end."""
-    if trace.tensors is None or trace.tensors.num_rows == 0:
-        return {}
-    tier = system.device.primary_memory
-    tensors = pl.DataFrame(trace.tensors.select(["rank", "bytes", "alloc_op", "free_op"]))
-    times = timeline.select("op_id", "start_ns", "end_ns")
-    allocs = tensors.join(times, left_on="alloc_op", right_on="op_id", how="left").select(
-        "rank",
-        pl.col("start_ns").fill_null(-(2**62)).alias("t"),
-        pl.col("bytes").cast(pl.Int64).alias("delta"),
-    )
-    frees = (
-        tensors.filter(pl.col("free_op").is_not_null())
-        .join(times, left_on="free_op", right_on="op_id", how="left")
-        .select("rank", pl.col("end_ns").alias("t"), (-pl.col("bytes").cast(pl.Int64)).alias("delta"))
-    )
-    # At equal times frees come first: memory freed at an op's end is reusable by an op starting then.
-    events = pl.concat([allocs, frees]).sort(["rank", "t", "delta"])
-    peaks = (
-        events.with_columns(pl.col("delta").cum_sum().over("rank").alias("resident"))
-        .group_by("rank")
-        .agg(pl.col("resident").max())
-    )
-    return {int(r): {tier: int(b)} for r, b in peaks.iter_rows()}
 
 
 def op_times(
@@ -133,8 +111,13 @@ def simulate(
     nodes: int | None = None,
     overrides: list[str] | tuple[str, ...] = (),
     source_system: str | System | None = None,
+    allow_oom: bool = False,
 ) -> Result:
-    """Replays `trace` on `system` (a preset name, a TOML path or a System)."""
+    """Replays `trace` on `system` (a preset name, a TOML path or a System).
+
+    With tensors in the trace, they are placed in memory tiers by the system's placement policy;
+    a tensor that fits no allowed tier raises SimulationError, or with `allow_oom` is placed over
+    capacity and reported in the summary's warnings."""
     if not isinstance(trace, Trace):
         trace = read_trace(trace, validate=False)
     if not isinstance(system, System) or nodes is not None or overrides:
@@ -153,24 +136,25 @@ def simulate(
     if trace.groups is None and trace.num_ops:
         trace.validate()  # names the missing groups.parquet when there are collectives
     try:
-        batch, summary_json, compute_name, network_name = _core.simulate(
+        batch, memory_batch, summary_json, compute_name, network_name = _core.simulate(
             trace.ops,
             trace.groups,
+            trace.tensors,
+            trace.accesses,
             trace.ranks,
             system.engine_json(),
             None if source is None else source.engine_json(),
             compute_model,
             network,
+            allow_oom,
         )
     except TraceError as e:
         raise TraceError(f"{where}/{e}") from None
     except SystemConfigError as e:
         raise SystemConfigError(f"{system.name}: {e}") from None
     timeline = pl.DataFrame(pa.Table.from_batches([batch]))
+    memory = pl.DataFrame(pa.Table.from_batches([memory_batch])) if trace.tensors is not None else None
     summary: dict[str, Any] = json.loads(summary_json)
-    peaks = _peak_memory(trace, timeline, system)
-    for r in summary["ranks"]:
-        r["peak_memory_bytes"] = peaks.get(r["rank"], {})
     if system.device.static_power_w == 0:
         warnings.append(f"device {system.device.name} has no static_power_w; energy excludes static power")
     summary["warnings"] = summary.get("warnings", []) + warnings
@@ -179,4 +163,4 @@ def simulate(
     summary["network_model"] = network_name
     summary["source_system"] = None if source is None else source.name
     summary["trace"] = {"path": None if trace.path is None else str(trace.path), "ranks": trace.ranks}
-    return Result(timeline=timeline, summary=summary)
+    return Result(timeline=timeline, summary=summary, memory=memory)

@@ -16,6 +16,9 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 from tracesim.exceptions import SystemConfigError
 
 Dtype = Literal["fp32", "tf32", "bf16", "fp16", "fp8", "fp4", "int8"]
+TensorClass = Literal[
+    "weight", "gradient", "optimizer_state", "activation", "kv_cache", "workspace", "input", "other"
+]
 PRESET_KINDS = ("systems", "devices", "tiers")
 
 
@@ -93,6 +96,22 @@ class System(_Strict):
     devices_per_node: int = Field(ge=1)
     nodes: int = Field(default=1, ge=1)
     network: Network
+    # Tensor class → device memory tiers in order of preference; a tensor spills to the next
+    # tier when one is full. Classes not listed go to the primary tier, then the others.
+    placement: dict[TensorClass, list[str]] = Field(default_factory=dict)
+
+    @model_validator(mode="after")
+    def _placement_tiers_exist(self) -> System:
+        for cls, tiers in self.placement.items():
+            if not tiers:
+                raise ValueError(f"placement.{cls} lists no tiers")
+            for t in tiers:
+                if t not in self.device.memory:
+                    raise ValueError(
+                        f"placement.{cls} names tier {t!r}, which device {self.device.name} does not have "
+                        f"(it has: {', '.join(self.device.memory)})"
+                    )
+        return self
 
     @property
     def devices(self) -> int:
@@ -123,11 +142,14 @@ class System(_Strict):
                             "latency_ns": t.latency_ns,
                             "read_energy_pj_per_bit": t.read_energy_pj_per_bit,
                             "write_energy_pj_per_bit": t.write_energy_pj_per_bit,
+                            "retention_s": t.retention_s,
+                            "write_endurance": t.write_endurance,
                         }
                         for k, t in d.memory.items()
                     },
                 },
                 "network": self.network.model_dump(),
+                "placement": self.placement,
             }
         )
 

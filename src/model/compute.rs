@@ -21,8 +21,10 @@ pub struct OpTime {
 
 pub trait ComputeModel: Send + Sync {
     fn name(&self) -> &'static str;
-    /// Duration of op `i` (a compute, memory or host op).
-    fn op_time(&self, ops: &Ops, i: usize) -> OpTime;
+    /// Duration of op `i` (a compute, memory or host op). `memory` is the op's memory time at
+    /// full bandwidth of the tiers its tensors live in, with its bytes, when its accesses are
+    /// known; otherwise its bytes are served by the primary tier.
+    fn op_time(&self, ops: &Ops, i: usize, memory: Option<(f64, u64)>) -> OpTime;
     /// Whether collectives and send/recv take their measured durations (DESIGN.md §3).
     fn uses_measured_comm(&self) -> bool;
 }
@@ -101,9 +103,12 @@ impl Roofline<'_> {
         tiles as f64 / (waves * sms) as f64
     }
 
-    pub(crate) fn estimate_ns(&self, ops: &Ops, i: usize) -> Option<f64> {
+    pub(crate) fn estimate_ns(&self, ops: &Ops, i: usize, memory: Option<(f64, u64)>) -> Option<f64> {
         let flops = ops.flops(i).filter(|f| f.is_finite() && *f > 0.0);
-        let bytes = ops.bytes(i).filter(|b| *b > 0);
+        let bytes = match memory {
+            Some((_, b)) => Some(b).filter(|b| *b > 0),
+            None => ops.bytes(i).filter(|b| *b > 0),
+        };
         if flops.is_none() && bytes.is_none() {
             return None;
         }
@@ -116,6 +121,7 @@ impl Roofline<'_> {
             _ => 0.0,
         };
         let memory_s = match (bytes, self.system.primary_tier()) {
+            (Some(b), _) if memory.is_some() => memory.map_or(0.0, |(secs, _)| secs) / eff.memory(b as f64),
             (Some(b), Some(tier)) => {
                 let read = ops
                     .bytes_read
@@ -138,15 +144,15 @@ impl ComputeModel for Roofline<'_> {
         "roofline"
     }
 
-    fn op_time(&self, ops: &Ops, i: usize) -> OpTime {
+    fn op_time(&self, ops: &Ops, i: usize, memory: Option<(f64, u64)>) -> OpTime {
         if ops.kind[i] == OpKind::Host {
             // Host work has no device roofline; it keeps its measured time.
             return Measured {
                 fallback: Roofline { system: self.system },
             }
-            .op_time(ops, i);
+            .op_time(ops, i, None);
         }
-        match self.estimate_ns(ops, i) {
+        match self.estimate_ns(ops, i, memory) {
             Some(ns) => OpTime {
                 ns: ns.round() as i64,
                 source: TimeSource::Model,
@@ -173,7 +179,7 @@ impl ComputeModel for Measured<'_> {
         "measured"
     }
 
-    fn op_time(&self, ops: &Ops, i: usize) -> OpTime {
+    fn op_time(&self, ops: &Ops, i: usize, memory: Option<(f64, u64)>) -> OpTime {
         match ops.duration(i) {
             Some(ns) => OpTime {
                 ns,
@@ -183,7 +189,7 @@ impl ComputeModel for Measured<'_> {
                 ns: 0,
                 source: TimeSource::Unknown,
             },
-            None => match self.fallback.estimate_ns(ops, i) {
+            None => match self.fallback.estimate_ns(ops, i, memory) {
                 Some(ns) => OpTime {
                     ns: ns.round() as i64,
                     source: TimeSource::Model,
@@ -212,7 +218,7 @@ impl ComputeModel for Retime<'_> {
         "retime"
     }
 
-    fn op_time(&self, ops: &Ops, i: usize) -> OpTime {
+    fn op_time(&self, ops: &Ops, i: usize, memory: Option<(f64, u64)>) -> OpTime {
         let measured = ops.duration(i);
         if ops.kind[i] == OpKind::Host {
             return Measured {
@@ -220,10 +226,11 @@ impl ComputeModel for Retime<'_> {
                     system: self.target.system,
                 },
             }
-            .op_time(ops, i);
+            .op_time(ops, i, None);
         }
-        let target = self.target.estimate_ns(ops, i);
-        let source = self.source.estimate_ns(ops, i);
+        // The source ran with its bytes in its primary tier; the target with its placement.
+        let target = self.target.estimate_ns(ops, i, memory);
+        let source = self.source.estimate_ns(ops, i, None);
         match (measured, target, source) {
             (Some(m), Some(t), Some(s)) if s > 0.0 => OpTime {
                 ns: (m as f64 * t / s).round() as i64,

@@ -32,7 +32,7 @@ pub fn to_py(e: Error) -> PyErr {
     let msg = e.to_string();
     match e {
         Error::InvalidTrace { .. } => TraceError::new_err(msg),
-        Error::Deadlock { .. } => SimulationError::new_err(msg),
+        Error::Deadlock { .. } | Error::OutOfMemory(_) => SimulationError::new_err(msg),
         Error::Config(_) => SystemConfigError::new_err(msg),
     }
 }

@@ -5,11 +5,12 @@ mod errors;
 
 use std::sync::Arc;
 
-use arrow_array::{Float64Array, Int64Array, RecordBatch, UInt32Array};
+use arrow_array::{Float64Array, Int64Array, RecordBatch, StringArray, UInt32Array};
 use arrow_schema::{DataType, Field, Schema};
 use pyo3::prelude::*;
 use pyo3_arrow::{PyRecordBatch, PyTable};
 
+use crate::memory::MemoryPlan;
 use crate::model::ComputeMode;
 use crate::{Group, Ops, SimOptions, System, Trace};
 
@@ -43,39 +44,55 @@ fn validate(py: Python<'_>, ops: PyTable, groups: Option<PyTable>, ranks: u32) -
     .map_err(errors::to_py)
 }
 
-/// Replays a trace; returns (timeline record batch, summary JSON, compute model, network model).
+/// (timeline, memory events, summary JSON, compute model name, network model name).
+type SimulateOutput<'py> = (Bound<'py, PyAny>, Bound<'py, PyAny>, String, String, String);
+
+/// Replays a trace; returns (timeline, memory events, summary JSON, compute model, network model).
 #[pyfunction]
-#[pyo3(signature = (ops, groups, ranks, system_json, source_system_json, compute_model, network))]
+#[pyo3(signature = (ops, groups, tensors, accesses, ranks, system_json, source_system_json, compute_model, network, allow_oom))]
 #[allow(clippy::too_many_arguments)]
 fn simulate<'py>(
     py: Python<'py>,
     ops: PyTable,
     groups: Option<PyTable>,
+    tensors: Option<PyTable>,
+    accesses: Option<PyTable>,
     ranks: u32,
     system_json: &str,
     source_system_json: Option<&str>,
     compute_model: &str,
     network: &str,
-) -> PyResult<(Bound<'py, PyAny>, String, String, String)> {
+    allow_oom: bool,
+) -> PyResult<SimulateOutput<'py>> {
     let system_json = system_json.to_owned();
     let source_json = source_system_json.map(str::to_owned);
     let options = SimOptions {
         compute: ComputeMode::parse(compute_model).map_err(errors::to_py)?,
         network: network.to_owned(),
     };
-    let (batch, summary, cm, nm) = py
+    let (batch, memory, summary, cm, nm) = py
         .detach(move || -> crate::Result<_> {
             let system = System::from_json(&system_json)?;
             let source = source_json.as_deref().map(System::from_json).transpose()?;
             let trace = load_trace(ops, groups, ranks)?;
-            let out = crate::simulate(&trace, &system, source.as_ref(), &options)?;
+            let plan = match tensors {
+                Some(t) => {
+                    let accesses = accesses.map(batches_of).unwrap_or_default();
+                    Some(MemoryPlan::build(&trace.ops, trace.ranks, &batches_of(t), &accesses)?)
+                }
+                None => None,
+            };
+            let out =
+                crate::simulate_with_memory(&trace, plan.as_ref(), &system, source.as_ref(), &options, allow_oom)?;
             let summary = serde_json::to_string(&out.summary).map_err(|e| crate::Error::Config(e.to_string()))?;
+            let memory = memory_batch(&system, &out.memory_events)?;
             let batch = timeline_batch(&trace, out.schedule, out.energy_j)?;
-            Ok((batch, summary, out.compute_model, out.network_model))
+            Ok((batch, memory, summary, out.compute_model, out.network_model))
         })
         .map_err(errors::to_py)?;
     Ok((
         PyRecordBatch::new(batch).into_pyarrow(py)?,
+        PyRecordBatch::new(memory).into_pyarrow(py)?,
         summary,
         cm.to_owned(),
         nm.to_owned(),
@@ -112,6 +129,30 @@ fn op_times<'py>(
     let batch = RecordBatch::try_new(Arc::new(schema), vec![Arc::new(Int64Array::from(times))])
         .map_err(|e| errors::to_py(crate::Error::Config(e.to_string())))?;
     PyRecordBatch::new(batch).into_pyarrow(py)
+}
+
+/// memory.parquet: each change of a (rank, tier)'s occupancy, in replay order.
+fn memory_batch(system: &System, events: &[crate::memory::MemoryEvent]) -> crate::Result<RecordBatch> {
+    let schema = Schema::new(vec![
+        Field::new("time_ns", DataType::Int64, false),
+        Field::new("rank", DataType::UInt32, false),
+        Field::new("tier", DataType::Utf8, false),
+        Field::new("used_bytes", DataType::UInt64, false),
+    ]);
+    RecordBatch::try_new(
+        Arc::new(schema),
+        vec![
+            Arc::new(Int64Array::from_iter_values(events.iter().map(|e| e.time_ns))),
+            Arc::new(UInt32Array::from_iter_values(events.iter().map(|e| e.rank))),
+            Arc::new(StringArray::from_iter_values(
+                events.iter().map(|e| system.tier_name(e.tier)),
+            )),
+            Arc::new(arrow_array::UInt64Array::from_iter_values(
+                events.iter().map(|e| e.used_bytes),
+            )),
+        ],
+    )
+    .map_err(|e| crate::Error::Config(format!("building the memory table: {e}")))
 }
 
 /// The timeline table (DESIGN.md §5); schedule vectors become Arrow buffers without a copy.

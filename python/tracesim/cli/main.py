@@ -156,6 +156,9 @@ def simulate_cmd(
         list[str] | None,
         typer.Option("--set", help="override a system field, e.g. device.memory.hbm.read_bw_bytes=6e12"),
     ] = None,
+    allow_oom: Annotated[
+        bool, typer.Option(help="place tensors over capacity with a warning instead of failing")
+    ] = False,
     quiet: Annotated[bool, typer.Option(help="print nothing on success")] = False,
 ) -> None:
     """Replay a trace on a system and write timeline.parquet and summary.json."""
@@ -167,6 +170,7 @@ def simulate_cmd(
         nodes=nodes,
         overrides=set_ or [],
         source_system=source_system,
+        allow_oom=allow_oom,
     )
     result.write(out)
     if not quiet:
