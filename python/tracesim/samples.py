@@ -192,3 +192,89 @@ def pipeline_step(stages: int = 8, microbatches: int = 4, hidden: int = 4096, to
         source="tracesim.samples.pipeline_step",
         source_system="dgx-h100",
     )
+
+
+def decode_steps(
+    *,
+    layers: int = 80,
+    params: float = 70e9,
+    weight_bytes_per_param: float = 1.0,
+    kv_heads: int = 8,
+    head_dim: int = 128,
+    heads: int = 64,
+    kv_bytes_per_value: int = 2,
+    batch: int = 32,
+    context: int = 2048,
+    steps: int = 8,
+) -> Trace:
+    """`steps` decode steps of a dense transformer on one device, with weights and KV cache as
+    tensors so memory tiers, placement and endurance can be studied (hardware.md §1.1).
+
+    Per layer and step: one GEMM op that streams the layer's weights (params/layers of them)
+    for `batch` tokens, and one attention op that reads every cached token's K and V of the
+    batch and appends one token's worth. The defaults are the Llama-70B-class example of
+    hardware.md §1.1 (FP8 weights, bf16 KV cache, 8 KV heads × 128, batch 32, context 2048).
+    Durations are left out: this trace is meant for the roofline and retime models."""
+    b = _Builder()
+    per_layer_params = params / layers
+    weight_bytes = round(per_layer_params * weight_bytes_per_param)
+    kv_per_token = 2 * kv_heads * head_dim * kv_bytes_per_value  # K and V of one layer
+    kv_capacity = batch * (context + steps) * kv_per_token
+    weights = []
+    caches = []
+    for layer in range(layers):
+        weights.append(len(b.tensors))
+        b.tensor(0, weight_bytes, "weight", None, None)
+        caches.append(len(b.tensors))
+        b.tensor(0, kv_capacity, "kv_cache", None, None)
+    accesses: list[dict[str, Any]] = []
+    dtype = "fp8" if weight_bytes_per_param == 1 else "bf16"
+    for step in range(steps):
+        ctx = context + step
+        for layer in range(layers):
+            gemm = b.op(
+                rank=0,
+                stream=0,
+                name=f"layer{layer}_gemms",
+                kind="compute",
+                category="gemm",
+                dtype=dtype,
+                flops=2.0 * per_layer_params * batch,
+                bytes_read=weight_bytes,
+                bytes_written=0,
+                gemm_m=batch,
+                iteration=step,
+                layer=layer,
+                phase="decode",
+            )
+            accesses.append(
+                {"op_id": gemm, "tensor_id": weights[layer], "mode": "read", "bytes": weight_bytes}
+            )
+            read = batch * ctx * kv_per_token
+            written = batch * kv_per_token
+            attn = b.op(
+                rank=0,
+                stream=0,
+                name=f"layer{layer}_attention",
+                kind="compute",
+                category="attention",
+                dtype="bf16",
+                flops=4.0 * batch * ctx * heads * head_dim,
+                bytes_read=read,
+                bytes_written=written,
+                iteration=step,
+                layer=layer,
+                phase="decode",
+            )
+            accesses.append({"op_id": attn, "tensor_id": caches[layer], "mode": "read", "bytes": read})
+            accesses.append({"op_id": attn, "tensor_id": caches[layer], "mode": "write", "bytes": written})
+    return Trace.from_tables(
+        _table(b.ops),
+        ranks=1,
+        tensors=_table(b.tensors),
+        accesses=_table(accesses),
+        source="tracesim.samples.decode_steps",
+        source_system=None,
+        batch=batch,
+        tokens=batch * steps,
+    )
