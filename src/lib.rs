@@ -24,6 +24,7 @@ pub use summary::Summary;
 pub use system::System;
 pub use trace::{Group, Ops, Trace};
 
+use arrow_array::Array;
 use model::{AnalyticalNetwork, ComputeMode, NetworkModel};
 
 /// Options of one replay.
@@ -83,6 +84,7 @@ pub fn simulate_with_memory(
             system.devices_per_node
         )));
     }
+    check_tier_moves(trace, system)?;
     let graph = graph::Graph::build(trace)?;
     let models = engine::Models {
         compute: compute.as_ref(),
@@ -126,4 +128,27 @@ pub fn op_times(
             _ => Some(compute.op_time(ops, i, None).ns),
         })
         .collect())
+}
+
+/// Memory ops that name tiers must name tiers the device has.
+fn check_tier_moves(trace: &Trace, system: &System) -> Result<()> {
+    let ops = &trace.ops;
+    for (column, col) in [("src_tier", &ops.src_tier), ("dst_tier", &ops.dst_tier)] {
+        let Some(col) = col else { continue };
+        for i in 0..ops.len() {
+            if col.is_valid(i) && system.tier_index(col.value(i)).is_none() {
+                return Err(Error::ops(
+                    column,
+                    Some(ops.id(i)),
+                    format!(
+                        "tier {:?} is not a memory tier of device {} (it has: {})",
+                        col.value(i),
+                        system.device.name,
+                        system.device.memory.keys().cloned().collect::<Vec<_>>().join(", ")
+                    ),
+                ));
+            }
+        }
+    }
+    Ok(())
 }

@@ -146,6 +146,12 @@ fn op_traffic(ops: &crate::trace::Ops, i: usize, system: &System, memory: Option
     if read == 0 && written == 0 {
         return Vec::new();
     }
+    if let Some((src, dst)) = ops.tier_move(i) {
+        if let (Some(src), Some(dst)) = (system.tier_index(src), system.tier_index(dst)) {
+            let moved = read.max(written);
+            return vec![(src, moved, 0), (dst, 0, moved)];
+        }
+    }
     vec![(system.primary_index(), read, written)]
 }
 

@@ -273,7 +273,7 @@ impl System {
     }
 
     /// Index of a tier in `device.memory` (name order).
-    fn tier_index(&self, name: &str) -> Option<u8> {
+    pub fn tier_index(&self, name: &str) -> Option<u8> {
         self.device.memory.keys().position(|k| k == name).map(|i| i as u8)
     }
 

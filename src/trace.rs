@@ -114,6 +114,8 @@ pub struct Ops {
     pub iteration: Option<UInt32Array>,
     pub gemm_m: Option<UInt64Array>,
     pub gemm_n: Option<UInt64Array>,
+    pub src_tier: Option<arrow_array::StringArray>,
+    pub dst_tier: Option<arrow_array::StringArray>,
 }
 
 /// A trace ready for validation and replay.
@@ -191,6 +193,11 @@ impl Ops {
 
     pub fn iteration(&self, i: usize) -> Option<u32> {
         get(&self.iteration, i)
+    }
+
+    /// The tiers a memory op moves bytes between, where both are given.
+    pub fn tier_move(&self, i: usize) -> Option<(&str, &str)> {
+        Some((tier_at(&self.src_tier, i)?, tier_at(&self.dst_tier, i)?))
     }
 
     /// Output shape (M, N) of a GEMM, 0 where unknown.
@@ -297,6 +304,8 @@ impl Ops {
             iteration: optional::<UInt32Type>(&batch, "iteration")?,
             gemm_m: optional::<UInt64Type>(&batch, "gemm_m")?,
             gemm_n: optional::<UInt64Type>(&batch, "gemm_n")?,
+            src_tier: string_column(&batch, "src_tier")?,
+            dst_tier: string_column(&batch, "dst_tier")?,
             op_id,
         })
     }
@@ -399,6 +408,21 @@ fn optional<T: arrow_array::ArrowPrimitiveType>(batch: &RecordBatch, name: &str)
                 format!("has type {}, expected {}", a.data_type(), type_name::<T>()),
             )
         }),
+    }
+}
+
+fn tier_at(a: &Option<arrow_array::StringArray>, i: usize) -> Option<&str> {
+    a.as_ref().and_then(|a| a.is_valid(i).then(|| a.value(i)))
+}
+
+fn string_column(batch: &RecordBatch, name: &str) -> Result<Option<arrow_array::StringArray>> {
+    match find(batch, name) {
+        None => Ok(None),
+        Some(a) => a
+            .as_string_opt::<i32>()
+            .cloned()
+            .map(Some)
+            .ok_or_else(|| Error::ops(name, None, format!("has type {}, expected string", a.data_type()))),
     }
 }
 

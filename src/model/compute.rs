@@ -113,6 +113,14 @@ impl Roofline<'_> {
             return None;
         }
         let eff = &self.system.device.efficiency;
+        if let (Some(b), Some((src, dst))) = (bytes, ops.tier_move(i)) {
+            // A move between tiers runs at the slower of reading the source and writing the destination.
+            let (src, dst) = (self.system.tier_index(src)?, self.system.tier_index(dst)?);
+            let (src, dst) = (self.system.tier(src), self.system.tier(dst));
+            let bw = src.read_bw_bytes.min(dst.write_bw_bytes);
+            let secs = b as f64 / bw / eff.memory(b as f64);
+            return Some(secs * 1e9 + src.latency_ns + self.system.device.launch_overhead_ns);
+        }
         let compute_s = match (flops, self.system.peak_flops(ops.dtype(i))) {
             (Some(f), Some(peak)) => {
                 let (m, n) = ops.gemm_mn(i);
