@@ -567,7 +567,7 @@ fn case(ranks: u32, args: &Args) {
         summary::op_energy(&trace, &graph, &system, &network, None)
     });
     let (summarize, _, _) = best(args.repeat, || {
-        summary::summarize(&trace, &graph, &system, &schedule, breakdown.clone(), Vec::new())
+        summary::summarize(&trace, &system, &schedule, breakdown.clone(), Vec::new())
     });
     let (cycle, _, cycle_peak) = best(args.repeat, || graph::find_cycle(&trace, &graph));
     let (fifo, fifo_end, sweep_peak) = best(args.repeat, || sweep_end_times(&trace, &graph, false));

@@ -12,11 +12,11 @@ use crate::trace::{CollKind, OpKind, Trace};
 
 /// Per-op times of one replay, indexed like the trace's rows.
 pub struct Schedule {
+    /// When each op started, which is when it became ready: no op waits for a resource in
+    /// these models. Collectives and send/recv then spend `wait_ns` of their span waiting for
+    /// the other participants, so the timeline's `ready_ns` is this same column.
     pub start_ns: Vec<i64>,
     pub end_ns: Vec<i64>,
-    /// When the op became ready; for collectives and send/recv, `start_ns == ready_ns` and the
-    /// op spends `wait_ns` of its span waiting for the other participants.
-    pub ready_ns: Vec<i64>,
     pub wait_ns: Vec<i64>,
     /// Ops that had neither a measured duration nor FLOPs/bytes and were timed as zero.
     pub untimed_ops: u64,
@@ -30,8 +30,31 @@ pub struct Models<'a> {
     pub system: &'a System,
 }
 
-/// Marks an op whose duration depends on where its tensors are placed at run time.
-const DEFERRED: i64 = i64::MIN;
+/// Completions waiting to be processed. Time order matters only when the state an op meets
+/// depends on what ran before it in time (memory placement); otherwise every op's times are a
+/// fixed function of its predecessors', and a stack walks the graph at a fraction of the cost.
+enum Events {
+    TimeOrdered(BinaryHeap<Reverse<(i64, u32)>>),
+    AnyOrder(Vec<(i64, u32)>),
+}
+
+impl Events {
+    #[inline]
+    fn push(&mut self, time: i64, op: u32) {
+        match self {
+            Events::TimeOrdered(h) => h.push(Reverse((time, op))),
+            Events::AnyOrder(v) => v.push((time, op)),
+        }
+    }
+
+    #[inline]
+    fn pop(&mut self) -> Option<(i64, u32)> {
+        match self {
+            Events::TimeOrdered(h) => h.pop().map(|Reverse(e)| e),
+            Events::AnyOrder(v) => v.pop(),
+        }
+    }
+}
 
 /// Replays `trace` over `graph` (from [`crate::graph::validate`] or [`Graph::build`]); with
 /// `memory`, tensors are placed and freed as ops start and end.
@@ -42,23 +65,8 @@ pub fn replay(trace: &Trace, graph: &Graph, models: &Models, mut memory: Option<
     let mut untimed_ops = 0u64;
     let mut unsized_comm_ops = 0u64;
 
-    // Durations of plain ops and transfer times of rendezvous do not depend on the schedule
-    // in these models, so they are computed once up front.
-    let mut duration = vec![0i64; n];
-    let plan = memory.as_ref().map(|m| m.plan);
-    for (i, d) in duration.iter_mut().enumerate() {
-        if graph.instance_of[i] == NONE {
-            if plan.is_some_and(|p| !p.accesses_of(i).is_empty()) {
-                *d = DEFERRED;
-                continue;
-            }
-            let t = models.compute.op_time(ops, i, None);
-            if t.source == TimeSource::Unknown {
-                untimed_ops += 1;
-            }
-            *d = t.ns;
-        }
-    }
+    // Transfer times of rendezvous do not depend on the schedule in these models, so they are
+    // computed once up front; plain ops are timed as they start.
     let mut transfer = vec![0i64; rdv.len()];
     let mut rank_buf = Vec::new();
     for (c, t) in transfer.iter_mut().enumerate() {
@@ -93,12 +101,15 @@ pub fn replay(trace: &Trace, graph: &Graph, models: &Models, mut memory: Option<
 
     let mut pending = graph.pending.clone();
     let mut ready = vec![0i64; n];
-    let mut start = vec![0i64; n];
     let mut end = vec![0i64; n];
     let mut wait = vec![0i64; n];
     let mut arrived = vec![0u32; rdv.len()];
     let mut last_ready = vec![0i64; rdv.len()];
-    let mut heap: BinaryHeap<Reverse<(i64, u32)>> = BinaryHeap::new();
+    let mut heap = if memory.is_some() {
+        Events::TimeOrdered(BinaryHeap::new())
+    } else {
+        Events::AnyOrder(Vec::new())
+    };
     let mut done = 0usize;
 
     let overflow = |i: usize| Error::ops("duration_ns", Some(ops.id(i)), "end time overflows int64 nanoseconds");
@@ -106,8 +117,7 @@ pub fn replay(trace: &Trace, graph: &Graph, models: &Models, mut memory: Option<
     // Starts op `i`, now ready at `ready[i]`; rendezvous members start when the last one arrives.
     let mut on_ready = |i: usize,
                         ready: &[i64],
-                        heap: &mut BinaryHeap<Reverse<(i64, u32)>>,
-                        start: &mut [i64],
+                        heap: &mut Events,
                         end: &mut [i64],
                         wait: &mut [i64],
                         memory: &mut Option<&mut MemoryState>|
@@ -119,18 +129,15 @@ pub fn replay(trace: &Trace, graph: &Graph, models: &Models, mut memory: Option<
         }
         let c = graph.instance_of[i];
         if c == NONE {
-            if duration[i] == DEFERRED {
-                let placed = memory.as_deref().and_then(|m| m.memory_seconds(i, models.system));
-                let t = models.compute.op_time(ops, i, placed);
-                if t.source == TimeSource::Unknown {
-                    untimed_ops += 1;
-                }
-                duration[i] = t.ns;
+            // With memory placement, an op's memory time follows where its tensors live now.
+            let placed = memory.as_deref().and_then(|m| m.memory_seconds(i, models.system));
+            let t = models.compute.op_time(ops, i, placed);
+            if t.source == TimeSource::Unknown {
+                untimed_ops += 1;
             }
-            let e = ready[i].checked_add(duration[i]).ok_or_else(|| overflow(i))?;
-            start[i] = ready[i];
+            let e = ready[i].checked_add(t.ns).ok_or_else(|| overflow(i))?;
             end[i] = e;
-            heap.push(Reverse((e, i as u32)));
+            heap.push(e, i as u32);
             return Ok(());
         }
         let c = c as usize;
@@ -141,10 +148,9 @@ pub fn replay(trace: &Trace, graph: &Graph, models: &Models, mut memory: Option<
             let e = last_ready[c].checked_add(transfer[c]).ok_or_else(|| overflow(i))?;
             for &m in members {
                 let m = m as usize;
-                start[m] = ready[m];
                 wait[m] = last_ready[c] - ready[m];
                 end[m] = e;
-                heap.push(Reverse((e, m as u32)));
+                heap.push(e, m as u32);
             }
         }
         Ok(())
@@ -157,10 +163,10 @@ pub fn replay(trace: &Trace, graph: &Graph, models: &Models, mut memory: Option<
     }
     for i in 0..n {
         if pending[i] == 0 {
-            on_ready(i, &ready, &mut heap, &mut start, &mut end, &mut wait, &mut memory)?;
+            on_ready(i, &ready, &mut heap, &mut end, &mut wait, &mut memory)?;
         }
     }
-    while let Some(Reverse((t, i))) = heap.pop() {
+    while let Some((t, i)) = heap.pop() {
         done += 1;
         let i = i as usize;
         if let Some(mem) = memory.as_deref_mut() {
@@ -174,7 +180,7 @@ pub fn replay(trace: &Trace, graph: &Graph, models: &Models, mut memory: Option<
             ready[s] = ready[s].max(t);
             pending[s] -= 1;
             if pending[s] == 0 {
-                on_ready(s, &ready, &mut heap, &mut start, &mut end, &mut wait, &mut memory)?;
+                on_ready(s, &ready, &mut heap, &mut end, &mut wait, &mut memory)?;
             }
         }
         for &s in graph.successors(i) {
@@ -182,7 +188,7 @@ pub fn replay(trace: &Trace, graph: &Graph, models: &Models, mut memory: Option<
             ready[s] = ready[s].max(t);
             pending[s] -= 1;
             if pending[s] == 0 {
-                on_ready(s, &ready, &mut heap, &mut start, &mut end, &mut wait, &mut memory)?;
+                on_ready(s, &ready, &mut heap, &mut end, &mut wait, &mut memory)?;
             }
         }
     }
@@ -193,9 +199,8 @@ pub fn replay(trace: &Trace, graph: &Graph, models: &Models, mut memory: Option<
         return Err(deadlock(trace, graph, &pending, &arrived, n - done));
     }
     Ok(Schedule {
-        start_ns: start,
+        start_ns: ready,
         end_ns: end,
-        ready_ns: ready,
         wait_ns: wait,
         untimed_ops,
         unsized_comm_ops,

@@ -77,6 +77,32 @@ impl IdIndex {
     }
 }
 
+/// Instance index by sequence number (coll_seq or p2p_seq): a flat vector while sequence
+/// numbers stay near the count seen so far, as they do when they count from 0; a map beyond.
+#[derive(Default)]
+struct SeqIndex {
+    dense: Vec<u32>,
+    sparse: IdMap<u64, u32>,
+}
+
+impl SeqIndex {
+    fn get_or_insert(&mut self, seq: u64, next: u32) -> u32 {
+        let limit = 2 * self.dense.len() as u64 + 1024;
+        if seq < limit {
+            let k = seq as usize;
+            if k >= self.dense.len() {
+                self.dense.resize(k + 1, NONE);
+            }
+            if self.dense[k] == NONE {
+                self.dense[k] = next;
+            }
+            self.dense[k]
+        } else {
+            *self.sparse.entry(seq).or_insert(next)
+        }
+    }
+}
+
 /// Participants of every rendezvous, as compressed rows: instance c's op indices are
 /// `members[offsets[c]..offsets[c+1]]`. Collectives come first, then send/recv pairs.
 pub struct Rendezvous {
@@ -178,7 +204,50 @@ impl Graph {
 
 use arrow_array::Array;
 
+/// Links every op to the next op of its (rank, stream) in op_id order. Rows usually list each
+/// stream in op_id order already, so one pass links them; otherwise the streams are sorted.
 fn stream_order(trace: &Trace, pending: &mut [u32]) -> (Vec<u32>, Vec<u32>) {
+    if let Some(linked) = stream_order_presorted(trace, pending) {
+        return linked;
+    }
+    pending.iter_mut().for_each(|p| *p = 0);
+    stream_order_sorted(trace, pending)
+}
+
+fn stream_order_presorted(trace: &Trace, pending: &mut [u32]) -> Option<(Vec<u32>, Vec<u32>)> {
+    let ops = &trace.ops;
+    let n = ops.len();
+    let ranks = ops.rank.values();
+    let streams = ops.stream.values();
+    let ids = ops.op_id.values();
+    // Per rank, its streams and the last row seen on each; ranks have few streams.
+    let mut last: Vec<Vec<(u32, u32)>> = vec![Vec::new(); trace.ranks as usize];
+    let mut next = vec![NONE; n];
+    let mut heads: Vec<(u32, u32, u32)> = Vec::new();
+    for i in 0..n {
+        let (r, st) = (ranks[i], streams[i]);
+        let slots = &mut last[r as usize];
+        match slots.iter_mut().find(|(s, _)| *s == st) {
+            Some((_, prev)) => {
+                let p = *prev as usize;
+                if ids[p] > ids[i] {
+                    return None;
+                }
+                next[p] = i as u32;
+                pending[i] += 1;
+                *prev = i as u32;
+            }
+            None => {
+                slots.push((st, i as u32));
+                heads.push((r, st, i as u32));
+            }
+        }
+    }
+    heads.sort_unstable();
+    Some((next, heads.into_iter().map(|(_, _, h)| h).collect()))
+}
+
+fn stream_order_sorted(trace: &Trace, pending: &mut [u32]) -> (Vec<u32>, Vec<u32>) {
     let ops = &trace.ops;
     let n = ops.len();
     let ranks = ops.rank.values();
@@ -316,10 +385,11 @@ fn rendezvous(trace: &Trace) -> Result<(Vec<u32>, Rendezvous)> {
     }
 
     let mut instance_of = vec![NONE; n];
-    let mut coll_key: IdMap<(u32, u64), u32> = IdMap::default();
+    let mut coll_key: Vec<SeqIndex> = (0..trace.groups.len()).map(|_| SeqIndex::default()).collect();
     let mut coll_group: Vec<u32> = Vec::new();
     let mut counts: Vec<u32> = Vec::new();
-    let mut p2p_key: IdMap<(u32, u32, u64), u32> = IdMap::default();
+    let mut pair_index: IdMap<(u32, u32), u32> = IdMap::default();
+    let mut p2p_key: Vec<SeqIndex> = Vec::new();
     let mut p2p_sides: Vec<[u32; 2]> = Vec::new();
     for i in 0..n {
         let id = ops.id(i);
@@ -344,7 +414,7 @@ fn rendezvous(trace: &Trace) -> Result<(Vec<u32>, Rendezvous)> {
                     ));
                 }
                 let next = counts.len() as u32;
-                let c = *coll_key.entry((gi, seq)).or_insert(next);
+                let c = coll_key[gi as usize].get_or_insert(seq, next);
                 if c == next {
                     counts.push(0);
                     coll_group.push(gi);
@@ -383,7 +453,12 @@ fn rendezvous(trace: &Trace) -> Result<(Vec<u32>, Rendezvous)> {
                     ((peer, rank, seq), 1)
                 };
                 let next = p2p_sides.len() as u32;
-                let p = *p2p_key.entry(key).or_insert(next);
+                let pairs = p2p_key.len() as u32;
+                let pair = *pair_index.entry((key.0, key.1)).or_insert(pairs);
+                if pair == pairs {
+                    p2p_key.push(SeqIndex::default());
+                }
+                let p = p2p_key[pair as usize].get_or_insert(key.2, next);
                 if p == next {
                     p2p_sides.push([NONE, NONE]);
                 }

@@ -96,7 +96,7 @@ pub fn simulate_with_memory(
         .transpose()?;
     let schedule = engine::replay(trace, &graph, &models, state.as_mut())?;
     let (energy_j, energy) = summary::op_energy(trace, &graph, system, network.as_ref(), state.as_ref());
-    let mut summary = summary::summarize(trace, &graph, system, &schedule, energy, Vec::new());
+    let mut summary = summary::summarize(trace, system, &schedule, energy, Vec::new());
     let mut memory_events = Vec::new();
     if let Some(state) = state {
         summary::add_memory(&mut summary, trace, system, &state);

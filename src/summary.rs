@@ -76,13 +76,34 @@ pub fn op_energy(
     let mut total = EnergyBreakdown::default();
     let memory_state = memory;
     let rdv = &graph.rendezvous;
+    // Per-dtype energy per FLOP, indexed by dtype (last slot: unknown dtype).
+    let mut pj_per_flop = [0.0; Dtype::ALL.len() + 1];
+    for (k, d) in Dtype::ALL.iter().enumerate() {
+        pj_per_flop[k] = system.energy_pj_per_flop(Some(*d));
+    }
+    pj_per_flop[Dtype::ALL.len()] = system.energy_pj_per_flop(None);
+    // Wire energy per participant, once per collective instance (it depends on the group only).
+    let instance_energy: Vec<f64> = (0..rdv.len())
+        .map(|c| {
+            let first = rdv.members_of(c)[0] as usize;
+            let bytes = ops.comm_bytes(first).unwrap_or(0);
+            if rdv.group[c] == NONE {
+                network.p2p_energy_j(bytes, ops.rank.value(first), ops.peer(first).unwrap_or(0))
+            } else {
+                let ranks = &trace.groups[rdv.group[c] as usize].ranks;
+                network.collective_energy_j(ops.coll(first).unwrap_or(CollKind::Barrier), bytes, ranks)
+            }
+        })
+        .collect();
+    let mut traffic = Vec::new();
     for (i, e) in energy.iter_mut().enumerate() {
         match ops.kind[i] {
             OpKind::Compute | OpKind::Memory => {
                 let flops = ops.flops(i).filter(|f| f.is_finite() && *f > 0.0).unwrap_or(0.0);
-                let compute = flops * system.energy_pj_per_flop(ops.dtype(i)) * 1e-12;
+                let compute = flops * pj_per_flop[ops.dtype(i).map_or(Dtype::ALL.len(), |d| d as usize)] * 1e-12;
                 let mut memory = 0.0;
-                for (tier, read, written) in op_traffic(ops, i, system, memory_state) {
+                op_traffic(ops, i, system, memory_state, &mut traffic);
+                for &(tier, read, written) in &traffic {
                     let t = system.tier(tier);
                     memory += (read as f64 * t.read_energy_pj_per_bit + written as f64 * t.write_energy_pj_per_bit)
                         * 8.0
@@ -94,17 +115,11 @@ pub fn op_energy(
             }
             OpKind::Collective | OpKind::Send | OpKind::Recv => {
                 let c = graph.instance_of[i] as usize;
-                let bytes = ops.comm_bytes(i).unwrap_or(0);
-                let net = if rdv.group[c] == NONE {
-                    // The sender pays for the message once.
-                    if ops.kind[i] == OpKind::Send {
-                        network.p2p_energy_j(bytes, ops.rank.value(i), ops.peer(i).unwrap_or(0))
-                    } else {
-                        0.0
-                    }
+                // The sender pays for a message once; every participant for its share of a collective.
+                let net = if ops.kind[i] == OpKind::Recv {
+                    0.0
                 } else {
-                    let ranks = &trace.groups[rdv.group[c] as usize].ranks;
-                    network.collective_energy_j(ops.coll(i).unwrap_or(CollKind::Barrier), bytes, ranks)
+                    instance_energy[c]
                 };
                 total.network += net;
                 *e = net;
@@ -117,11 +132,17 @@ pub fn op_energy(
 
 /// (tier, bytes read, bytes written) of a compute or memory op: from its accesses and the
 /// tiers their tensors live in when known, else its bytes_read/bytes_written on the primary tier.
-fn op_traffic(ops: &crate::trace::Ops, i: usize, system: &System, memory: Option<&MemoryState>) -> Vec<(u8, u64, u64)> {
+fn op_traffic(
+    ops: &crate::trace::Ops,
+    i: usize,
+    system: &System,
+    memory: Option<&MemoryState>,
+    out: &mut Vec<(u8, u64, u64)>,
+) {
+    out.clear();
     if let Some(m) = memory {
         let accesses = m.plan.accesses_of(i);
         if !accesses.is_empty() {
-            let mut out: Vec<(u8, u64, u64)> = Vec::new();
             for &(t, write, bytes) in accesses {
                 let tier = m.tier_of[t as usize];
                 let tier = if tier == u8::MAX { system.primary_index() } else { tier };
@@ -138,21 +159,22 @@ fn op_traffic(ops: &crate::trace::Ops, i: usize, system: &System, memory: Option
                     out[slot].1 += bytes;
                 }
             }
-            return out;
+            return;
         }
     }
     let read = ops.bytes_read.as_ref().map_or(0, |a| arrow_value(a, i));
     let written = ops.bytes_written.as_ref().map_or(0, |a| arrow_value(a, i));
     if read == 0 && written == 0 {
-        return Vec::new();
+        return;
     }
     if let Some((src, dst)) = ops.tier_move(i) {
         if let (Some(src), Some(dst)) = (system.tier_index(src), system.tier_index(dst)) {
             let moved = read.max(written);
-            return vec![(src, moved, 0), (dst, 0, moved)];
+            out.extend([(src, moved, 0), (dst, 0, moved)]);
+            return;
         }
     }
-    vec![(system.primary_index(), read, written)]
+    out.push((system.primary_index(), read, written));
 }
 
 /// Traffic, occupancy, endurance and retention of one memory tier over the replay.
@@ -192,10 +214,12 @@ pub fn add_memory(summary: &mut Summary, trace: &Trace, system: &System, state: 
     let mut read = vec![0u64; tiers];
     let mut written = vec![0u64; ranks * tiers];
     let ops = &trace.ops;
+    let mut traffic = Vec::new();
     for i in 0..ops.len() {
         if matches!(ops.kind[i], OpKind::Compute | OpKind::Memory) {
             let rank = ops.rank.value(i) as usize;
-            for (tier, r, w) in op_traffic(ops, i, system, Some(state)) {
+            op_traffic(ops, i, system, Some(state), &mut traffic);
+            for &(tier, r, w) in &traffic {
                 read[tier as usize] += r;
                 written[rank * tiers + tier as usize] += w;
             }
@@ -299,9 +323,11 @@ fn overlap(a: &[(i64, i64)], b: &[(i64, i64)]) -> i64 {
     total
 }
 
+/// A rank's compute spans and communication spans.
+type RankSpans = (Vec<(i64, i64)>, Vec<(i64, i64)>);
+
 pub fn summarize(
     trace: &Trace,
-    graph: &Graph,
     system: &System,
     schedule: &Schedule,
     energy: EnergyBreakdown,
@@ -326,55 +352,51 @@ pub fn summarize(
             peak_memory_bytes: BTreeMap::new(),
         })
         .collect();
-    // Streams are walked in execution order, so each stream contributes a sorted run and the
-    // stable sort below only merges runs.
-    let mut by_rank: Vec<Vec<u32>> = vec![Vec::new(); trace.ranks as usize];
-    for &h in &graph.stream_heads {
-        by_rank[ops.rank.value(h as usize) as usize].push(h);
-    }
-    let (mut compute, mut comm, mut busy) = (Vec::new(), Vec::new(), Vec::new());
-    let (mut cu, mut mu, mut bu) = (Vec::new(), Vec::new(), Vec::new());
-    for (r, heads) in by_rank.iter().enumerate() {
-        compute.clear();
-        comm.clear();
-        busy.clear();
+    // One pass in row order gathers each rank's spans; rows list a rank's ops roughly in time
+    // order, so the stable sorts below mostly merge runs.
+    let mut spans: Vec<RankSpans> = vec![(Vec::new(), Vec::new()); trace.ranks as usize];
+    for k in 0..n {
+        let r = ops.rank.value(k) as usize;
+        let span = (schedule.start_ns[k], schedule.end_ns[k]);
         let rs = &mut ranks[r];
-        for &h in heads {
-            let mut i = h;
-            while i != NONE {
-                let k = i as usize;
-                let span = (schedule.start_ns[k], schedule.end_ns[k]);
-                rs.ops += 1;
-                rs.end_ns = rs.end_ns.max(span.1);
-                match ops.kind[k] {
-                    OpKind::Compute | OpKind::Memory => {
-                        compute.push(span);
-                        busy.push(span);
-                    }
-                    OpKind::Collective | OpKind::Send | OpKind::Recv => {
-                        comm.push(span);
-                        busy.push(span);
-                        rs.wait_ns += schedule.wait_ns[k];
-                    }
-                    OpKind::Host => {}
-                }
-                i = graph.stream_next[k];
+        rs.ops += 1;
+        rs.end_ns = rs.end_ns.max(span.1);
+        match ops.kind[k] {
+            OpKind::Compute | OpKind::Memory => spans[r].0.push(span),
+            OpKind::Collective | OpKind::Send | OpKind::Recv => {
+                spans[r].1.push(span);
+                rs.wait_ns += schedule.wait_ns[k];
             }
+            OpKind::Host => {}
         }
+    }
+    let (mut cu, mut mu) = (Vec::new(), Vec::new());
+    for (r, (mut compute, mut comm)) in spans.into_iter().enumerate() {
+        let rs = &mut ranks[r];
         compute.sort_by_key(|s| s.0);
         comm.sort_by_key(|s| s.0);
-        busy.sort_by_key(|s| s.0);
         rs.compute_ns = union_into(&compute, &mut cu);
         rs.comm_ns = union_into(&comm, &mut mu);
-        rs.exposed_comm_ns = rs.comm_ns - overlap(&mu, &cu);
-        rs.idle_ns = makespan - union_into(&busy, &mut bu);
+        let hidden = overlap(&mu, &cu);
+        rs.exposed_comm_ns = rs.comm_ns - hidden;
+        // Busy time is the union of compute and communication.
+        rs.idle_ns = makespan - (rs.compute_ns + rs.comm_ns - hidden);
     }
 
-    let mut iterations: BTreeMap<u32, (i64, i64)> = BTreeMap::new();
+    let mut iterations: Vec<(i64, i64)> = Vec::new();
+    let mut sparse_iterations: BTreeMap<u32, (i64, i64)> = BTreeMap::new();
     if ops.iteration.is_some() {
         for i in 0..n {
             if let Some(it) = ops.iteration(i) {
-                let e = iterations.entry(it).or_insert((i64::MAX, i64::MIN));
+                let e = if (it as usize) < n.max(1024) {
+                    let k = it as usize;
+                    if k >= iterations.len() {
+                        iterations.resize(k + 1, (i64::MAX, i64::MIN));
+                    }
+                    &mut iterations[k]
+                } else {
+                    sparse_iterations.entry(it).or_insert((i64::MAX, i64::MIN))
+                };
                 e.0 = e.0.min(schedule.start_ns[i]);
                 e.1 = e.1.max(schedule.end_ns[i]);
             }
@@ -382,6 +404,10 @@ pub fn summarize(
     }
     let iterations = iterations
         .into_iter()
+        .enumerate()
+        .filter(|(_, (s, _))| *s != i64::MAX)
+        .map(|(k, span)| (k as u32, span))
+        .chain(sparse_iterations)
         .map(|(iteration, (s, e))| IterationSummary {
             iteration,
             start_ns: s,
@@ -391,17 +417,17 @@ pub fn summarize(
         .collect();
 
     // MFU against the peak of the dtype that carries most of the FLOPs.
-    let mut flops_by_dtype: BTreeMap<Option<Dtype>, f64> = BTreeMap::new();
+    let mut flops_by_dtype = [0.0f64; Dtype::ALL.len() + 1];
     for i in 0..n {
         if let Some(f) = ops.flops(i).filter(|f| f.is_finite() && *f > 0.0) {
-            *flops_by_dtype.entry(ops.dtype(i)).or_default() += f;
+            flops_by_dtype[ops.dtype(i).map_or(Dtype::ALL.len(), |d| d as usize)] += f;
         }
     }
-    let total_flops: f64 = flops_by_dtype.values().sum();
-    let main_dtype = flops_by_dtype
-        .iter()
-        .max_by(|a, b| a.1.total_cmp(b.1))
-        .and_then(|(d, _)| *d);
+    let total_flops: f64 = flops_by_dtype.iter().sum();
+    let main_dtype = (0..flops_by_dtype.len())
+        .filter(|&k| flops_by_dtype[k] > 0.0)
+        .max_by(|&a, &b| flops_by_dtype[a].total_cmp(&flops_by_dtype[b]))
+        .and_then(|k| Dtype::ALL.get(k).copied());
     let mfu = match system.peak_flops(main_dtype) {
         Some(peak) if total_flops > 0.0 && makespan > 0 => {
             Some(total_flops / (makespan as f64 * 1e-9 * peak * f64::from(trace.ranks)))

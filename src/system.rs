@@ -153,12 +153,23 @@ pub struct System {
     /// when one is full. Classes not listed use the primary tier, then the others.
     #[serde(default)]
     pub placement: BTreeMap<String, Vec<String>>,
+    /// Index of the primary tier, resolved once by [`System::from_json`].
+    #[serde(skip)]
+    primary: u8,
+    /// Peak FLOP/s by dtype index (last: unknown dtype), resolved once by [`System::from_json`].
+    #[serde(skip)]
+    peaks: [Option<f64>; 8],
 }
 
 impl System {
     pub fn from_json(json: &str) -> Result<System> {
-        let system: System = serde_json::from_str(json).map_err(|e| Error::Config(e.to_string()))?;
+        let mut system: System = serde_json::from_str(json).map_err(|e| Error::Config(e.to_string()))?;
         system.check()?;
+        system.primary = system.tier_index(&system.device.primary_memory).unwrap_or(0);
+        for (k, d) in Dtype::ALL.iter().enumerate() {
+            system.peaks[k] = system.lookup_peak_flops(Some(*d));
+        }
+        system.peaks[Dtype::ALL.len()] = system.lookup_peak_flops(None);
         Ok(system)
     }
 
@@ -269,7 +280,7 @@ impl System {
     }
 
     pub fn primary_tier(&self) -> Option<&MemoryTier> {
-        self.device.memory.get(&self.device.primary_memory)
+        self.device.memory.values().nth(self.primary as usize)
     }
 
     /// Index of a tier in `device.memory` (name order).
@@ -278,7 +289,7 @@ impl System {
     }
 
     pub fn primary_index(&self) -> u8 {
-        self.tier_index(&self.device.primary_memory).unwrap_or(0)
+        self.primary
     }
 
     pub fn tier_name(&self, tier: u8) -> &str {
@@ -314,6 +325,10 @@ impl System {
 
     /// Peak FLOP/s for a dtype; unknown dtypes fall back to fp32, then to the slowest listed.
     pub fn peak_flops(&self, dtype: Option<Dtype>) -> Option<f64> {
+        self.peaks[dtype.map_or(Dtype::ALL.len(), |d| d as usize)]
+    }
+
+    fn lookup_peak_flops(&self, dtype: Option<Dtype>) -> Option<f64> {
         let peaks = &self.device.peak_flops;
         dtype
             .and_then(|d| peaks.get(d.as_str()))

@@ -5,6 +5,8 @@ use arrow_array::cast::AsArray;
 use arrow_array::types::{Float64Type, Int64Type, UInt32Type, UInt64Type};
 use arrow_array::{Array, ArrayRef, Float64Array, Int64Array, ListArray, RecordBatch};
 use arrow_array::{PrimitiveArray, UInt32Array, UInt64Array};
+use std::sync::Arc;
+
 use arrow_schema::DataType;
 
 use crate::error::{Error, Result};
@@ -236,7 +238,7 @@ impl Ops {
         for (i, k) in kind.into_iter().enumerate() {
             kinds.push(k.ok_or_else(|| Error::ops("kind", Some(op_id.value(i)), "null in a required column"))?);
         }
-        if find(&batch, "name").is_none() {
+        if find(&batch, "name").is_none() && batches.len() == 1 {
             return Err(Error::ops("name", None, "missing required column"));
         }
         let opt_enum = |name: &str| -> Result<Option<ArrayRef>> { Ok(find(&batch, name).cloned()) };
@@ -362,12 +364,45 @@ fn single_batch(batches: &[RecordBatch]) -> Result<RecordBatch> {
     }
 }
 
+/// Columns the engine reads; only these are joined when the table arrives in several batches.
+const ENGINE_COLUMNS: &[&str] = &[
+    "op_id",
+    "rank",
+    "stream",
+    "kind",
+    "category",
+    "dtype",
+    "flops",
+    "bytes_read",
+    "bytes_written",
+    "duration_ns",
+    "deps",
+    "coll",
+    "group_id",
+    "coll_seq",
+    "comm_bytes",
+    "peer",
+    "p2p_seq",
+    "iteration",
+    "gemm_m",
+    "gemm_n",
+    "src_tier",
+    "dst_tier",
+];
+
 fn arrow_select_concat(batches: &[RecordBatch]) -> Result<RecordBatch> {
-    let schema = batches[0].schema();
-    let mut columns = Vec::with_capacity(schema.fields().len());
-    for c in 0..schema.fields().len() {
+    let full = batches[0].schema();
+    if full.column_with_name("name").is_none() {
+        return Err(Error::ops("name", None, "missing required column"));
+    }
+    let keep: Vec<usize> = (0..full.fields().len())
+        .filter(|&c| ENGINE_COLUMNS.contains(&full.field(c).name().as_str()))
+        .collect();
+    let schema = Arc::new(full.project(&keep).map_err(|e| Error::ops("op_id", None, e))?);
+    let mut columns = Vec::with_capacity(keep.len());
+    for &c in &keep {
         let parts: Vec<&dyn Array> = batches.iter().map(|b| b.column(c).as_ref()).collect();
-        let joined = concat_arrays(&parts).map_err(|e| Error::ops(schema.field(c).name(), None, e))?;
+        let joined = concat_arrays(&parts).map_err(|e| Error::ops(full.field(c).name(), None, e))?;
         columns.push(joined);
     }
     RecordBatch::try_new(schema.clone(), columns).map_err(|e| Error::ops("op_id", None, e))

@@ -168,15 +168,17 @@ fn timeline_batch(trace: &Trace, s: crate::Schedule, energy_j: Vec<f64>) -> crat
         Field::new("energy_j", DataType::Float64, false),
     ]);
     let strip = |a: &UInt32Array| UInt32Array::new(a.values().clone(), None);
+    // ready_ns shares start_ns's buffer: an op starts when it is ready (see Schedule).
+    let start: arrow_array::ArrayRef = Arc::new(Int64Array::from(s.start_ns));
     RecordBatch::try_new(
         Arc::new(schema),
         vec![
             Arc::new(arrow_array::UInt64Array::new(trace.ops.op_id.values().clone(), None)),
             Arc::new(strip(&trace.ops.rank)),
             Arc::new(strip(&trace.ops.stream)),
-            Arc::new(Int64Array::from(s.start_ns)),
+            start.clone(),
             Arc::new(Int64Array::from(s.end_ns)),
-            Arc::new(Int64Array::from(s.ready_ns)),
+            start,
             Arc::new(Int64Array::from(s.wait_ns)),
             Arc::new(Float64Array::from(energy_j)),
         ],
