@@ -232,8 +232,12 @@ impl Ops {
         let stream = required::<UInt32Type>(&batch, "stream")?;
         no_nulls(&op_id, &rank, "rank")?;
         no_nulls(&op_id, &stream, "stream")?;
-        let kind_col = find(&batch, "kind").ok_or_else(|| Error::ops("kind", None, "missing required column"))?;
-        let kind = parse_enum(&op_id, kind_col, "kind", OpKind::parse, OpKind::allowed)?;
+        // Enum columns are parsed batch by batch, never joined.
+        let chunks = |name: &str| -> Option<Vec<ArrayRef>> {
+            batches.iter().map(|b| b.column_by_name(name).cloned()).collect()
+        };
+        let kind_col = chunks("kind").ok_or_else(|| Error::ops("kind", None, "missing required column"))?;
+        let kind = parse_enum(&op_id, &kind_col, "kind", OpKind::parse, OpKind::allowed)?;
         let mut kinds = Vec::with_capacity(kind.len());
         for (i, k) in kind.into_iter().enumerate() {
             kinds.push(k.ok_or_else(|| Error::ops("kind", Some(op_id.value(i)), "null in a required column"))?);
@@ -241,7 +245,7 @@ impl Ops {
         if find(&batch, "name").is_none() && batches.len() == 1 {
             return Err(Error::ops("name", None, "missing required column"));
         }
-        let opt_enum = |name: &str| -> Result<Option<ArrayRef>> { Ok(find(&batch, name).cloned()) };
+        let opt_enum = |name: &str| -> Result<Option<Vec<ArrayRef>>> { Ok(chunks(name)) };
         let category = match opt_enum("category")? {
             Some(a) => Some(parse_enum(&op_id, &a, "category", Category::parse, Category::allowed)?),
             None => None,
@@ -364,14 +368,12 @@ fn single_batch(batches: &[RecordBatch]) -> Result<RecordBatch> {
     }
 }
 
-/// Columns the engine reads; only these are joined when the table arrives in several batches.
+/// Columns the engine reads as arrays; only these are joined when the table arrives in several
+/// batches (enum columns are parsed batch by batch).
 const ENGINE_COLUMNS: &[&str] = &[
     "op_id",
     "rank",
     "stream",
-    "kind",
-    "category",
-    "dtype",
     "flops",
     "bytes_read",
     "bytes_written",
@@ -402,23 +404,10 @@ fn arrow_select_concat(batches: &[RecordBatch]) -> Result<RecordBatch> {
     let mut columns = Vec::with_capacity(keep.len());
     for &c in &keep {
         let parts: Vec<&dyn Array> = batches.iter().map(|b| b.column(c).as_ref()).collect();
-        let joined = concat_arrays(&parts).map_err(|e| Error::ops(full.field(c).name(), None, e))?;
+        let joined = arrow_select::concat::concat(&parts).map_err(|e| Error::ops(full.field(c).name(), None, e))?;
         columns.push(joined);
     }
     RecordBatch::try_new(schema.clone(), columns).map_err(|e| Error::ops("op_id", None, e))
-}
-
-fn concat_arrays(parts: &[&dyn Array]) -> std::result::Result<ArrayRef, String> {
-    use arrow_array::make_array;
-    use arrow_data::transform::MutableArrayData;
-    let data: Vec<_> = parts.iter().map(|a| a.to_data()).collect();
-    let refs: Vec<_> = data.iter().collect();
-    let total: usize = parts.iter().map(|a| a.len()).sum();
-    let mut out = MutableArrayData::new(refs, false, total);
-    for (i, a) in parts.iter().enumerate() {
-        out.try_extend(i, 0, a.len()).map_err(|e| e.to_string())?;
-    }
-    Ok(make_array(out.freeze()))
 }
 
 fn find<'a>(batch: &'a RecordBatch, name: &str) -> Option<&'a ArrayRef> {
@@ -469,14 +458,30 @@ fn no_nulls(op_id: &UInt64Array, col: &UInt32Array, name: &str) -> Result<()> {
     Err(Error::ops(name, Some(op_id.value(row)), "null in a required column"))
 }
 
+/// Parses a string column, given as one array per record batch, into enum values.
 fn parse_enum<T: Copy>(
+    op_id: &UInt64Array,
+    chunks: &[ArrayRef],
+    name: &str,
+    parse: fn(&str) -> Option<T>,
+    allowed: fn() -> String,
+) -> Result<Vec<Option<T>>> {
+    let mut out = Vec::with_capacity(op_id.len());
+    for array in chunks {
+        parse_enum_chunk(op_id, array, name, parse, allowed, &mut out)?;
+    }
+    Ok(out)
+}
+
+fn parse_enum_chunk<T: Copy>(
     op_id: &UInt64Array,
     array: &ArrayRef,
     name: &str,
     parse: fn(&str) -> Option<T>,
     allowed: fn() -> String,
-) -> Result<Vec<Option<T>>> {
-    let mut out = Vec::with_capacity(array.len());
+    out: &mut Vec<Option<T>>,
+) -> Result<()> {
+    let offset = out.len();
     let mut push = |i: usize, s: Option<&str>| -> Result<()> {
         match s {
             None => out.push(None),
@@ -485,7 +490,7 @@ fn parse_enum<T: Copy>(
                 None => {
                     return Err(Error::ops(
                         name,
-                        Some(op_id.value(i)),
+                        Some(op_id.value(offset + i)),
                         format!("unknown value {s:?}; expected one of: {}", allowed()),
                     ))
                 }
@@ -512,5 +517,5 @@ fn parse_enum<T: Copy>(
             format!("has type {}, expected string", array.data_type()),
         ));
     }
-    Ok(out)
+    Ok(())
 }
