@@ -7,7 +7,7 @@ use serde::Deserialize;
 
 use crate::error::{Error, Result};
 use crate::memory::TensorClass;
-use crate::trace::Dtype;
+use crate::trace::{Category, Dtype};
 
 /// Per-device memory tiers the engine tracks (a fixed bound keeps per-op work allocation-free).
 pub const MAX_TIERS: usize = 16;
@@ -79,6 +79,18 @@ pub struct Efficiency {
     pub tile_m: u64,
     #[serde(default = "tile")]
     pub tile_n: u64,
+    /// Memory efficiency of particular op categories (e.g. embedding gathers reach a far
+    /// smaller share of bandwidth than streaming elementwise ops); others use mem_max/mem_half_bytes.
+    #[serde(default)]
+    pub category: BTreeMap<String, MemoryEfficiency>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MemoryEfficiency {
+    pub mem_max: f64,
+    #[serde(default)]
+    pub mem_half_bytes: f64,
 }
 
 fn one() -> f64 {
@@ -98,6 +110,7 @@ impl Default for Efficiency {
             mem_half_bytes: 0.0,
             tile_m: 128,
             tile_n: 128,
+            category: BTreeMap::new(),
         }
     }
 }
@@ -107,8 +120,11 @@ impl Efficiency {
         self.gemm_max * flops / (flops + self.gemm_half_flops)
     }
 
-    pub fn memory(&self, bytes: f64) -> f64 {
-        self.mem_max * bytes / (bytes + self.mem_half_bytes)
+    pub fn memory(&self, bytes: f64, category: Option<Category>) -> f64 {
+        match category.and_then(|c| self.category.get(c.as_str())) {
+            Some(c) => c.mem_max * bytes / (bytes + c.mem_half_bytes),
+            None => self.mem_max * bytes / (bytes + self.mem_half_bytes),
+        }
     }
 }
 
@@ -221,6 +237,20 @@ impl System {
             if !(v >= 0.0 && v.is_finite()) {
                 return Err(Error::Config(format!(
                     "{}: device.efficiency.{what} must be >= 0, got {v}",
+                    self.name
+                )));
+            }
+        }
+        for (name, c) in &e.category {
+            if Category::parse(name).is_none() {
+                return Err(Error::Config(format!(
+                    "{}: device.efficiency.category has unknown category {name:?}",
+                    self.name
+                )));
+            }
+            if !(c.mem_max > 0.0 && c.mem_max <= 1.0 && c.mem_half_bytes >= 0.0) {
+                return Err(Error::Config(format!(
+                    "{}: device.efficiency.category.{name}: mem_max must be in (0, 1] and mem_half_bytes >= 0",
                     self.name
                 )));
             }

@@ -233,9 +233,8 @@ impl Ops {
         no_nulls(&op_id, &rank, "rank")?;
         no_nulls(&op_id, &stream, "stream")?;
         // Enum columns are parsed batch by batch, never joined.
-        let chunks = |name: &str| -> Option<Vec<ArrayRef>> {
-            batches.iter().map(|b| b.column_by_name(name).cloned()).collect()
-        };
+        let chunks =
+            |name: &str| -> Option<Vec<ArrayRef>> { batches.iter().map(|b| b.column_by_name(name).cloned()).collect() };
         let kind_col = chunks("kind").ok_or_else(|| Error::ops("kind", None, "missing required column"))?;
         let kind = parse_enum(&op_id, &kind_col, "kind", OpKind::parse, OpKind::allowed)?;
         let mut kinds = Vec::with_capacity(kind.len());

@@ -222,7 +222,7 @@ def decode_steps(
     kv_capacity = batch * (context + steps) * kv_per_token
     weights = []
     caches = []
-    for layer in range(layers):
+    for _ in range(layers):
         weights.append(len(b.tensors))
         b.tensor(0, weight_bytes, "weight", None, None)
         caches.append(len(b.tensors))

@@ -41,6 +41,25 @@ class MemoryTier(_Strict):
     write_endurance: float | None = Field(default=None, gt=0)
 
 
+class MemoryEfficiency(_Strict):
+    mem_max: float = Field(gt=0, le=1)
+    mem_half_bytes: float = Field(default=0.0, ge=0)
+
+
+Category = Literal[
+    "gemm",
+    "attention",
+    "elementwise",
+    "reduction",
+    "norm",
+    "embedding",
+    "optimizer",
+    "communication",
+    "copy",
+    "other",
+]
+
+
 class Efficiency(_Strict):
     """Achieved share of peak by op size (fitted on measured kernel tables; see
     docs/calibration.md). The defaults are a plain roofline."""
@@ -51,6 +70,8 @@ class Efficiency(_Strict):
     mem_half_bytes: float = Field(default=0.0, ge=0)
     tile_m: int = Field(default=128, ge=1)
     tile_n: int = Field(default=128, ge=1)
+    # Memory efficiency of particular op categories, overriding mem_max/mem_half_bytes for them.
+    category: dict[Category, MemoryEfficiency] = Field(default_factory=dict)
 
 
 class Device(_Strict):

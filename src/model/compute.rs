@@ -118,7 +118,7 @@ impl Roofline<'_> {
             let (src, dst) = (self.system.tier_index(src)?, self.system.tier_index(dst)?);
             let (src, dst) = (self.system.tier(src), self.system.tier(dst));
             let bw = src.read_bw_bytes.min(dst.write_bw_bytes);
-            let secs = b as f64 / bw / eff.memory(b as f64);
+            let secs = b as f64 / bw / eff.memory(b as f64, ops.category(i));
             return Some(secs * 1e9 + src.latency_ns + self.system.device.launch_overhead_ns);
         }
         let compute_s = match (flops, self.system.peak_flops(ops.dtype(i))) {
@@ -129,14 +129,16 @@ impl Roofline<'_> {
             _ => 0.0,
         };
         let memory_s = match (bytes, self.system.primary_tier()) {
-            (Some(b), _) if memory.is_some() => memory.map_or(0.0, |(secs, _)| secs) / eff.memory(b as f64),
+            (Some(b), _) if memory.is_some() => {
+                memory.map_or(0.0, |(secs, _)| secs) / eff.memory(b as f64, ops.category(i))
+            }
             (Some(b), Some(tier)) => {
                 let read = ops
                     .bytes_read
                     .as_ref()
                     .map_or(0, |a| if a.is_valid(i) { a.value(i) } else { 0 });
                 let written = b - read.min(b);
-                let e = eff.memory(b as f64);
+                let e = eff.memory(b as f64, ops.category(i));
                 (read as f64 / tier.read_bw_bytes + written as f64 / tier.write_bw_bytes) / e
             }
             _ => 0.0,
