@@ -383,6 +383,21 @@ fn rendezvous(trace: &Trace) -> Result<(Vec<u32>, Rendezvous)> {
         }
         sorted_ranks.push(s);
     }
+    // group_id → index: a flat table for the usual small ids, the map otherwise.
+    let max_gid = trace.groups.iter().map(|g| g.group_id as usize).max().unwrap_or(0);
+    let dense_groups: Option<Vec<u32>> = (max_gid < 4 * trace.groups.len() + 1024).then(|| {
+        let mut v = vec![NONE; max_gid + 1];
+        for (gi, g) in trace.groups.iter().enumerate() {
+            v[g.group_id as usize] = gi as u32;
+        }
+        v
+    });
+    let group_of = |gid: u32| -> Option<u32> {
+        match &dense_groups {
+            Some(v) => v.get(gid as usize).copied().filter(|&g| g != NONE),
+            None => group_index.get(&gid).copied(),
+        }
+    };
 
     let mut instance_of = vec![NONE; n];
     let mut coll_key: Vec<SeqIndex> = (0..trace.groups.len()).map(|_| SeqIndex::default()).collect();
@@ -400,8 +415,7 @@ fn rendezvous(trace: &Trace) -> Result<(Vec<u32>, Rendezvous)> {
                 ops.coll(i).ok_or_else(|| missing("coll"))?;
                 let gid = ops.group_id(i).ok_or_else(|| missing("group_id"))?;
                 let seq = ops.coll_seq(i).ok_or_else(|| missing("coll_seq"))?;
-                let gi = *group_index
-                    .get(&gid)
+                let gi = group_of(gid)
                     .ok_or_else(|| Error::ops("group_id", Some(id), format!("group {gid} is not in groups.parquet")))?;
                 if sorted_ranks[gi as usize].binary_search(&rank).is_err() {
                     return Err(Error::ops(

@@ -323,9 +323,6 @@ fn overlap(a: &[(i64, i64)], b: &[(i64, i64)]) -> i64 {
     total
 }
 
-/// A rank's compute spans and communication spans.
-type RankSpans = (Vec<(i64, i64)>, Vec<(i64, i64)>);
-
 pub fn summarize(
     trace: &Trace,
     system: &System,
@@ -352,9 +349,29 @@ pub fn summarize(
             peak_memory_bytes: BTreeMap::new(),
         })
         .collect();
-    // One pass in row order gathers each rank's spans; rows list a rank's ops roughly in time
+    // Each rank's compute spans and communication spans go to its own slices of one flat
+    // buffer (counted first, so nothing reallocates). Rows list a rank's ops roughly in time
     // order, so the stable sorts below mostly merge runs.
-    let mut spans: Vec<RankSpans> = vec![(Vec::new(), Vec::new()); trace.ranks as usize];
+    let r_count = trace.ranks as usize;
+    let mut counts = vec![(0u32, 0u32); r_count];
+    for k in 0..n {
+        let r = ops.rank.value(k) as usize;
+        match ops.kind[k] {
+            OpKind::Compute | OpKind::Memory => counts[r].0 += 1,
+            OpKind::Collective | OpKind::Send | OpKind::Recv => counts[r].1 += 1,
+            OpKind::Host => {}
+        }
+    }
+    let mut cursor = Vec::with_capacity(r_count);
+    let mut bounds = Vec::with_capacity(r_count);
+    let mut at = 0usize;
+    for &(c, m) in &counts {
+        let (c, m) = (c as usize, m as usize);
+        cursor.push((at, at + c));
+        bounds.push((at, at + c, at + c + m));
+        at += c + m;
+    }
+    let mut flat = vec![(0i64, 0i64); at];
     for k in 0..n {
         let r = ops.rank.value(k) as usize;
         let span = (schedule.start_ns[k], schedule.end_ns[k]);
@@ -362,26 +379,32 @@ pub fn summarize(
         rs.ops += 1;
         rs.end_ns = rs.end_ns.max(span.1);
         match ops.kind[k] {
-            OpKind::Compute | OpKind::Memory => spans[r].0.push(span),
+            OpKind::Compute | OpKind::Memory => {
+                flat[cursor[r].0] = span;
+                cursor[r].0 += 1;
+            }
             OpKind::Collective | OpKind::Send | OpKind::Recv => {
-                spans[r].1.push(span);
+                flat[cursor[r].1] = span;
+                cursor[r].1 += 1;
                 rs.wait_ns += schedule.wait_ns[k];
             }
             OpKind::Host => {}
         }
     }
     let (mut cu, mut mu) = (Vec::new(), Vec::new());
-    for (r, (mut compute, mut comm)) in spans.into_iter().enumerate() {
+    for (r, &(lo, mid, hi)) in bounds.iter().enumerate() {
         let rs = &mut ranks[r];
+        let (compute, comm) = flat[lo..hi].split_at_mut(mid - lo);
         compute.sort_by_key(|s| s.0);
         comm.sort_by_key(|s| s.0);
-        rs.compute_ns = union_into(&compute, &mut cu);
-        rs.comm_ns = union_into(&comm, &mut mu);
+        rs.compute_ns = union_into(compute, &mut cu);
+        rs.comm_ns = union_into(comm, &mut mu);
         let hidden = overlap(&mu, &cu);
         rs.exposed_comm_ns = rs.comm_ns - hidden;
         // Busy time is the union of compute and communication.
         rs.idle_ns = makespan - (rs.compute_ns + rs.comm_ns - hidden);
     }
+    drop(flat);
 
     let mut iterations: Vec<(i64, i64)> = Vec::new();
     let mut sparse_iterations: BTreeMap<u32, (i64, i64)> = BTreeMap::new();

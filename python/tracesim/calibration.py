@@ -233,9 +233,20 @@ class Params:
     mem_half_bytes: float = 0.0
     tile_m: int = 128
     tile_n: int = 128
+    # Per-category memory efficiency: category → (mem_max, mem_half_bytes), overriding the two
+    # device-wide values for the ops of that category (`[efficiency.category.<category>]`).
+    mem_category: Mapping[str, tuple[float, float]] = field(default_factory=dict)
 
     def overrides(self) -> list[str]:
+        """The `load_system` overrides that set these parameters (and only these: category
+        tables the system already has are dropped)."""
         e = "device.efficiency"
+        categories = [f"{e}.category={{}}"]
+        for cat, (mem_max, mem_half_bytes) in sorted(self.mem_category.items()):
+            categories += [
+                f"{e}.category.{cat}.mem_max={mem_max!r}",
+                f"{e}.category.{cat}.mem_half_bytes={mem_half_bytes!r}",
+            ]
         return [
             f"device.launch_overhead_ns={self.launch_overhead_ns!r}",
             f"device.sm_count={self.sm_count}",
@@ -245,6 +256,7 @@ class Params:
             f"{e}.mem_half_bytes={self.mem_half_bytes!r}",
             f"{e}.tile_m={self.tile_m}",
             f"{e}.tile_n={self.tile_n}",
+            *categories,
         ]
 
     def with_values(self, values: Mapping[str, float]) -> Params:
@@ -274,7 +286,16 @@ class Params:
             gemm_half_flops=_sig(self.gemm_half_flops),
             mem_max=_sig(self.mem_max),
             mem_half_bytes=_sig(self.mem_half_bytes),
+            mem_category={c: (_sig(m), _sig(h)) for c, (m, h) in self.mem_category.items()},
         )
+
+    def with_category(self, category: str, mem_max: float, mem_half_bytes: float) -> Params:
+        """These parameters with the memory curve of `category` set (added or replaced)."""
+        return replace(self, mem_category={**self.mem_category, category: (mem_max, mem_half_bytes)})
+
+    def single_curve(self) -> Params:
+        """These parameters without the per-category memory curves."""
+        return replace(self, mem_category={})
 
 
 def _sig(x: float, digits: int = 3) -> float:
@@ -338,6 +359,18 @@ def evaluate(ops: pa.Table, system: System) -> dict[str, ErrorStats]:
     return {c: _stats(errs.filter(pl.col("class") == c)["rel_err"]) for c in OP_CLASSES}
 
 
+def memory_categories(ops: pa.Table) -> list[str]:
+    """The categories of the memory-bound ops in `ops`, sorted."""
+    cats = pl.DataFrame(ops.select(["category"])).filter(op_class(pl.col("category")) == MEMORY)
+    return sorted(cats["category"].unique().to_list())
+
+
+def evaluate_categories(ops: pa.Table, system: System) -> dict[str, ErrorStats]:
+    """As `evaluate`, per category of the memory-bound ops ("embedding", "norm", ...)."""
+    errs = relative_errors(ops, system).filter(pl.col("class") == MEMORY)
+    return {c: _stats(errs.filter(pl.col("category") == c)["rel_err"]) for c in memory_categories(ops)}
+
+
 # ---------------------------------------------------------------------------------------------
 # Fit
 # ---------------------------------------------------------------------------------------------
@@ -365,6 +398,12 @@ class _Axis:
 MEMORY_AXES = (
     _Axis("launch_overhead_ns", 0.0, 10_000.0),
     _Axis("mem_max", 0.2, 1.0),
+    _Axis("mem_half_bytes", 1e4, 1e9, log=True),
+)
+# Per-category memory curves: the embedding gather reaches only ~15% of peak bandwidth, so the
+# range of mem_max reaches lower than the device-wide one.
+CATEGORY_AXES = (
+    _Axis("mem_max", 0.05, 1.0),
     _Axis("mem_half_bytes", 1e4, 1e9, log=True),
 )
 GEMM_AXES = (
@@ -429,6 +468,43 @@ class FitResult:
     params: Params
     fit_error: dict[str, ErrorStats]
     tile_objectives: dict[tuple[int, int], float] = field(default_factory=dict)
+    # category → (objective of the single curve, objective of its own curve) on the fit data,
+    # both with rounded values; the category's curve is kept only where the second is lower.
+    category_objectives: dict[str, tuple[float, float]] = field(default_factory=dict)
+
+
+def category_ops(ops: pa.Table, category: str) -> pa.Table:
+    """The ops of one category."""
+    mask = pl.DataFrame(ops.select(["category"]))["category"] == category
+    return ops.filter(mask.to_arrow())
+
+
+def fit_categories(
+    memory_ops: pa.Table, system: System, params: Params
+) -> tuple[Params, dict[str, tuple[float, float]]]:
+    """`params` with a memory curve (`mem_max`, `mem_half_bytes`) fitted for each category of
+    `memory_ops`, `launch_overhead_ns` and the device-wide curve fixed. A category keeps its
+    curve only if that lowers the category's objective on `memory_ops` (rounded values, as
+    written), compared with the device-wide curve. Also returns, per category, the objectives
+    (device-wide curve, own curve)."""
+    single = params.single_curve().rounded()
+    result = params.single_curve()
+    objectives: dict[str, tuple[float, float]] = {}
+    for cat in memory_categories(memory_ops):
+        ops = category_ops(memory_ops, cat)
+
+        def cat_objective(x: dict[str, float], cat: str = cat, ops: pa.Table = ops) -> float:
+            trial = single.with_category(cat, x["mem_max"], x["mem_half_bytes"])
+            return objective(evaluate(ops, trial.apply(system))[MEMORY])
+
+        x, _ = _search(CATEGORY_AXES, cat_objective)
+        candidate = single.with_category(cat, x["mem_max"], x["mem_half_bytes"]).rounded()
+        before = objective(evaluate(ops, single.apply(system))[MEMORY])
+        after = objective(evaluate(ops, candidate.apply(system))[MEMORY])
+        objectives[cat] = (before, after)
+        if after < before:
+            result = result.with_category(cat, *candidate.mem_category[cat])
+    return result, objectives
 
 
 def class_ops(ops: pa.Table, cls: str) -> pa.Table:
@@ -447,8 +523,10 @@ def fit(
     The classes are fitted separately: first `launch_overhead_ns`, `mem_max` and
     `mem_half_bytes` on the memory-bound ops (the GEMM parameters cannot touch them: they
     carry no FLOPs), then, with those fixed, `gemm_max` and `gemm_half_flops` on the GEMMs
-    for each candidate tile shape, keeping the tile with the lowest GEMM error. `sm_count` is
-    the datasheet value and is not fitted."""
+    for each candidate tile shape, keeping the tile with the lowest GEMM error. After the
+    device-wide memory curve, each memory-bound category gets its own curve where that helps
+    (`fit_categories`); GEMMs use the device-wide curve for their operand traffic. `sm_count`
+    is the datasheet value and is not fitted."""
     memory_ops, gemm_ops = class_ops(ops, MEMORY), class_ops(ops, GEMM)
     start = Params(sm_count=sm_count)
 
@@ -456,7 +534,7 @@ def fit(
         return objective(evaluate(memory_ops, start.with_values(x).apply(system))[MEMORY])
 
     mem, _ = _search(MEMORY_AXES, memory_objective)
-    after_memory = start.with_values(mem)
+    after_memory, category_objectives = fit_categories(memory_ops, system, start.with_values(mem))
 
     best: tuple[float, Params] | None = None
     tile_objectives: dict[tuple[int, int], float] = {}
@@ -475,7 +553,7 @@ def fit(
             best = (err, candidate)
     assert best is not None
     params = best[1]
-    return FitResult(params, evaluate(ops, params.apply(system)), tile_objectives)
+    return FitResult(params, evaluate(ops, params.apply(system)), tile_objectives, category_objectives)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -496,9 +574,13 @@ HELD_OUT_MODEL = "Llama-2-70b-hf"
 class Report:
     gpu: Gpu
     params: Params
-    # (model, "fit" | "held-out", "plain" | "fitted") → class → error
+    # (model, "fit" | "held-out", "plain" | "single curve" | "fitted") → class → error.
+    # "single curve" is the fitted parameters without the per-category memory curves.
     errors: dict[tuple[str, str, str], dict[str, ErrorStats]]
     tile_objectives: dict[tuple[int, int], float]
+    # The same keys → memory-bound category → error.
+    category_errors: dict[tuple[str, str, str], dict[str, ErrorStats]] = field(default_factory=dict)
+    category_objectives: dict[str, tuple[float, float]] = field(default_factory=dict)
 
 
 def calibrate(data: Path, gpu: Gpu) -> Report:
@@ -506,17 +588,24 @@ def calibrate(data: Path, gpu: Gpu) -> Report:
     plain = Params().apply(system)
     fit_ops = vidur_ops(mlp_csv(data, gpu.key, FIT_MODEL))
     result = fit(fit_ops, system, gpu.sm_count)
-    fitted = result.params.apply(system)
-    errors = {
-        (FIT_MODEL, "fit", "plain"): evaluate(fit_ops, plain),
-        (FIT_MODEL, "fit", "fitted"): evaluate(fit_ops, fitted),
+    variants = {
+        "plain": plain,
+        "single curve": result.params.single_curve().apply(system),
+        "fitted": result.params.apply(system),
     }
+    data_sets = [(FIT_MODEL, "fit", fit_ops)]
     held_out = mlp_csv(data, gpu.key, HELD_OUT_MODEL)
     if held_out.is_file():
-        held_ops = vidur_ops(held_out)
-        errors[(HELD_OUT_MODEL, "held-out", "plain")] = evaluate(held_ops, plain)
-        errors[(HELD_OUT_MODEL, "held-out", "fitted")] = evaluate(held_ops, fitted)
-    return Report(gpu, result.params, errors, result.tile_objectives)
+        data_sets.append((HELD_OUT_MODEL, "held-out", vidur_ops(held_out)))
+    errors: dict[tuple[str, str, str], dict[str, ErrorStats]] = {}
+    category_errors: dict[tuple[str, str, str], dict[str, ErrorStats]] = {}
+    for model, split, ops in data_sets:
+        for which, sys in variants.items():
+            errors[(model, split, which)] = evaluate(ops, sys)
+            category_errors[(model, split, which)] = evaluate_categories(ops, sys)
+    return Report(
+        gpu, result.params, errors, result.tile_objectives, category_errors, result.category_objectives
+    )
 
 
 def _pct(x: float) -> str:
@@ -540,6 +629,32 @@ def format_table(reports: Sequence[Report]) -> str:
     return "\n".join(lines)
 
 
+def format_category_table(reports: Sequence[Report]) -> str:
+    """The error of the memory-bound ops per category, one row per GPU × data set × category
+    (markdown): plain roofline, single memory curve and fitted (per-category curves)."""
+    lines = [
+        "| GPU | data | set | category | n | plain median / p90 | single curve median / p90 "
+        "| fitted median / p90 |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for r in reports:
+        for model, split, which in r.category_errors:
+            if which != "plain":
+                continue
+            label = split if r.gpu.preset or split != "fit" else "fit (in-sample only)"
+            for cat, s in r.category_errors[(model, split, "plain")].items():
+                cells = [
+                    f"{_pct(e.median)} / {_pct(e.p90)}"
+                    for e in (
+                        r.category_errors[(model, split, w)][cat] for w in ("plain", "single curve", "fitted")
+                    )
+                ]
+                lines.append(
+                    f"| {r.gpu.key} | {model} | {label} | {cat} | {s.n} | " + " | ".join(cells) + " |"
+                )
+    return "\n".join(lines)
+
+
 def toml_fragment(r: Report) -> str:
     """The lines to paste into the device preset (top-level keys go above its first table)."""
     p = r.params
@@ -557,22 +672,40 @@ def toml_fragment(r: Report) -> str:
             f"in-sample error only (no held-out model): GEMM median {_pct(g.median)} p90 {_pct(g.p90)}; "
             f"memory-bound median {_pct(m.median)} p90 {_pct(m.p90)}"
         )
-    return "\n".join(
-        [
-            f"# fitted by python -m tracesim.calibration on vidur Llama-2-7B mlp.csv ({r.gpu.key}),",
-            f"# {err}",
-            f"launch_overhead_ns = {p.launch_overhead_ns:.0f}",
-            f"sm_count = {p.sm_count}",
-            "",
-            "[efficiency]",
-            f"gemm_max = {p.gemm_max}",
-            f"gemm_half_flops = {p.gemm_half_flops:.3g}",
-            f"mem_max = {p.mem_max}",
-            f"mem_half_bytes = {p.mem_half_bytes:.3g}",
-            f"tile_m = {p.tile_m}",
-            f"tile_n = {p.tile_n}",
-        ]
+    lines = [
+        f"# fitted by python -m tracesim.calibration on vidur Llama-2-7B mlp.csv ({r.gpu.key}),",
+        f"# {err}",
+        f"launch_overhead_ns = {p.launch_overhead_ns:.0f}",
+        f"sm_count = {p.sm_count}",
+        "",
+        "[efficiency]",
+        f"gemm_max = {p.gemm_max}",
+        f"gemm_half_flops = {p.gemm_half_flops:.3g}",
+        f"mem_max = {p.mem_max}",
+        f"mem_half_bytes = {p.mem_half_bytes:.3g}",
+        f"tile_m = {p.tile_m}",
+        f"tile_n = {p.tile_n}",
+    ]
+    held_key = (HELD_OUT_MODEL, "held-out", "fitted")
+    key, where = (
+        (held_key, "held-out")
+        if held_key in r.category_errors
+        else ((FIT_MODEL, "fit", "fitted"), "in-sample")
     )
+    single = r.category_errors.get((key[0], key[1], "single curve"), {})
+    for cat, (mem_max, mem_half_bytes) in sorted(p.mem_category.items()):
+        e = r.category_errors[key][cat]
+        note = f"{where} {cat} median {_pct(e.median)} p90 {_pct(e.p90)}"
+        if cat in single:
+            s = single[cat]
+            note += f" (single curve: {_pct(s.median)} / {_pct(s.p90)})"
+        lines += [
+            "",
+            f"[efficiency.category.{cat}]  # fitted per category; {note}",
+            f"mem_max = {mem_max}",
+            f"mem_half_bytes = {mem_half_bytes:.3g}",
+        ]
+    return "\n".join(lines)
 
 
 def main(argv: Sequence[str] | None = None) -> None:
@@ -586,10 +719,17 @@ def main(argv: Sequence[str] | None = None) -> None:
     args = parser.parse_args(argv)
     reports = [calibrate(args.data, GPUS[k]) for k in args.gpu or GPUS]
     print(format_table(reports))
+    print()
+    print(format_category_table(reports))
     for r in reports:
         tiles = ", ".join(f"{m}x{n}: {_pct(e)}" for (m, n), e in r.tile_objectives.items())
+        cats = ", ".join(
+            f"{c}: {_pct(b)} → {_pct(a)}{'' if a < b else ' (not kept)'}"
+            for c, (b, a) in r.category_objectives.items()
+        )
         print(f"\n## {r.gpu.key} → {r.gpu.preset or 'no preset'} ({r.gpu.note or 'fit on 7B, held out 70B'})")
         print(f"# GEMM objective (median + {P90_WEIGHT} p90) on the fit data by tile: {tiles}")
+        print(f"# memory objective on the fit data by category, single curve → own curve: {cats}")
         print(toml_fragment(r))
 
 
