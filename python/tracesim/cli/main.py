@@ -178,6 +178,38 @@ def simulate_cmd(
         console.print(f"wrote {out}/timeline.parquet and {out}/summary.json")
 
 
+ingest_app = typer.Typer(
+    help="Convert traces from other tools into the tracesim format.", no_args_is_help=True
+)
+app.add_typer(ingest_app, name="ingest")
+
+
+@ingest_app.command(name="kineto")
+def ingest_kineto_cmd(
+    files: Annotated[
+        list[Path], typer.Argument(help="Kineto Chrome-trace JSON files (.json or .json.gz), one per rank")
+    ],
+    out: Annotated[Path, typer.Option("--out", help="trace directory to write")],
+    time_unit: Annotated[
+        str, typer.Option(help="auto, us or ns: unit of ts/dur (auto: from displayTimeUnit and the values)")
+    ] = "auto",
+    overwrite: Annotated[bool, typer.Option(help="replace --out if it exists")] = False,
+) -> None:
+    """Ingest PyTorch profiler (Kineto) traces and print what was mapped and what was not."""
+    from tracesim.exceptions import TraceError
+    from tracesim.ingest.kineto import TimeUnit, ingest_kineto
+    from tracesim.trace import write_trace
+
+    units: dict[str, TimeUnit] = {"auto": "auto", "us": "us", "ns": "ns"}
+    if time_unit not in units:
+        raise TraceError(f"--time-unit: expected auto, us or ns, got {time_unit!r}")
+    trace, report = ingest_kineto(files, time_unit=units[time_unit])
+    write_trace(trace, out, overwrite=overwrite)
+    console.print(f"[bold]{out}[/bold]: {trace.num_ops:,} ops on {trace.ranks} ranks", highlight=False)
+    for line in report.lines():
+        console.print("  " + line, highlight=False, markup=False)
+
+
 def main() -> None:
     """Entry point: one line per error on stderr, non-zero exit."""
     debug = os.environ.get("TRACESIM_DEBUG") == "1"
