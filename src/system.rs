@@ -155,6 +155,10 @@ pub struct Device {
 pub struct Network {
     pub scale_up: Link,
     pub scale_out: Link,
+    /// NCCL's cost model for all-reduce, all-gather and reduce-scatter; without it those are
+    /// ring α-β over the links.
+    #[serde(default)]
+    pub nccl: Option<crate::model::nccl::NcclTuning>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -220,6 +224,9 @@ impl System {
                 )));
             }
             positive(&format!("device.peak_flops.{dtype}"), *v)?;
+        }
+        if let Some(n) = &self.network.nccl {
+            n.check().map_err(|e| Error::Config(format!("{}: {e}", self.name)))?;
         }
         let e = &self.device.efficiency;
         for (what, v) in [("gemm_max", e.gemm_max), ("mem_max", e.mem_max)] {

@@ -1,6 +1,7 @@
 """tracesim: replay AI training and inference traces on hardware that does not exist yet."""
 
 from tracesim._core import __version__
+from tracesim.analysis import breakdown, category_summary, compare
 from tracesim.exceptions import SimulationError, SystemConfigError, TraceError, TracesimError
 from tracesim.simulate import Result, op_times, read_result, simulate
 from tracesim.system import System, load_system
@@ -15,6 +16,9 @@ __all__ = [
     "TraceError",
     "TracesimError",
     "__version__",
+    "breakdown",
+    "category_summary",
+    "compare",
     "load_system",
     "op_times",
     "read_result",

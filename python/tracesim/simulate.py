@@ -162,5 +162,6 @@ def simulate(
     summary["compute_model"] = compute_name
     summary["network_model"] = network_name
     summary["source_system"] = None if source is None else source.name
-    summary["trace"] = {"path": None if trace.path is None else str(trace.path), "ranks": trace.ranks}
+    path = None if trace.path is None else str(trace.path.resolve())
+    summary["trace"] = {"path": path, "ranks": trace.ranks}
     return Result(timeline=timeline, summary=summary, memory=memory)

@@ -105,9 +105,22 @@ class Link(_Strict):
     energy_pj_per_bit: float = Field(default=0.0, ge=0)
 
 
+class NcclTuning(_Strict):
+    """Inputs of NCCL's cost model (hardware.md §3.4), used for all-reduce, all-gather and
+    reduce-scatter when set: the GPU generation selects NCCL's constants; channels and the
+    per-channel bandwidths are what NCCL's topology search finds (fitted, docs/network.md)."""
+
+    arch: Literal["volta", "ampere", "hopper", "blackwell"]
+    channels: int = Field(ge=1)
+    bw_intra_gbps: float = Field(gt=0)
+    bw_inter_gbps: float = Field(gt=0)
+    latency_inter_us: float = Field(default=0.0, ge=0)
+
+
 class Network(_Strict):
     scale_up: Link
     scale_out: Link
+    nccl: NcclTuning | None = None
 
 
 class System(_Strict):

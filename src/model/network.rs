@@ -15,7 +15,8 @@ pub trait NetworkModel: Send + Sync {
 }
 
 /// Ring α-β model on a single switch per level: ranks within one node use the scale-up
-/// link, groups that span nodes are bound by the scale-out link (hardware.md §3.2).
+/// link, groups that span nodes are bound by the scale-out link (hardware.md §3.2). With
+/// `network.nccl` set, all-reduce, all-gather and reduce-scatter follow NCCL's own cost model.
 pub struct AnalyticalNetwork<'a> {
     pub system: &'a System,
 }
@@ -52,6 +53,14 @@ impl NetworkModel for AnalyticalNetwork<'_> {
     fn collective_ns(&self, coll: CollKind, bytes: u64, ranks: &[u32]) -> i64 {
         if ranks.len() < 2 {
             return 0;
+        }
+        if let Some(nccl) = &self.system.network.nccl {
+            let mut nodes: Vec<u32> = ranks.iter().map(|&r| self.system.node_of(r)).collect();
+            nodes.sort_unstable();
+            nodes.dedup();
+            if let Some(ns) = nccl.collective_ns(coll, bytes, ranks.len(), nodes.len()) {
+                return ns.round() as i64;
+            }
         }
         let link = self.link(ranks);
         let (steps, wire) = Self::ring_cost(coll, bytes, ranks.len());

@@ -83,15 +83,23 @@ def test_dp2_hand_checked_figures() -> None:
     ]
 
 
+def _ring_alpha_beta(system: tracesim.System) -> tracesim.System:
+    """The system without its NCCL cost model: collectives as ring α-β over the links."""
+    return system.model_copy(update={"network": system.network.model_copy(update={"nccl": None})})
+
+
 def test_two_node_allreduce_is_bound_by_scale_out() -> None:
-    """Same step on 16 ranks: in roofline mode its all-reduce crosses nodes and slows down."""
-    two = tracesim.simulate(TRACES / "dp16_two_nodes", "dgx-h100", compute_model="roofline")
+    """Same step on 16 ranks, ring α-β: its all-reduce crosses nodes and slows down."""
+    two = tracesim.simulate(
+        TRACES / "dp16_two_nodes",
+        _ring_alpha_beta(tracesim.load_system("dgx-h100", nodes=2)),
+        compute_model="roofline",
+    )
     assert two.summary["system"]["nodes"] == 2
     one_node = tracesim.simulate(
         TRACES / "dp16_two_nodes",
-        "dgx-h100",
+        _ring_alpha_beta(tracesim.load_system("dgx-h100", overrides=["devices_per_node=16"])),
         compute_model="roofline",
-        overrides=["devices_per_node=16"],
     )
     comm_two = two.summary["ranks"][0]["comm_ns"]
     comm_one = one_node.summary["ranks"][0]["comm_ns"]

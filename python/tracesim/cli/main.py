@@ -210,6 +210,113 @@ def ingest_kineto_cmd(
         console.print("  " + line, highlight=False, markup=False)
 
 
+export_app = typer.Typer(help="Export a replay result to other tools' formats.", no_args_is_help=True)
+app.add_typer(export_app, name="export")
+
+
+def _parse_ranks(text: str | None) -> list[int] | None:
+    if text is None:
+        return None
+    try:
+        ranks = [int(part) for part in text.split(",") if part.strip()]
+    except ValueError:
+        raise TracesimError(
+            f"--ranks: expected comma-separated rank numbers, e.g. 0,1,2; got {text!r}"
+        ) from None
+    if not ranks:
+        raise TracesimError(f"--ranks: no rank given in {text!r}")
+    return ranks
+
+
+@export_app.command(name="chrome")
+def export_chrome_cmd(
+    result: Annotated[Path, typer.Argument(help="result directory (tracesim simulate --out)")],
+    out: Annotated[Path, typer.Option("--out", help="Chrome trace-event JSON file to write")],
+    trace: Annotated[
+        Path | None, typer.Option(help="the trace replayed (default: the one recorded in summary.json)")
+    ] = None,
+    ranks: Annotated[str | None, typer.Option(help="only these ranks, e.g. 0,1,2")] = None,
+    start_ns: Annotated[int | None, typer.Option(help="only ops that end at or after this time")] = None,
+    end_ns: Annotated[int | None, typer.Option(help="only ops that start at or before this time")] = None,
+) -> None:
+    """Write a result as Chrome trace-event JSON for Perfetto (ui.perfetto.dev) or chrome://tracing."""
+    from tracesim.export.chrome import write_chrome
+    from tracesim.simulate import read_result
+
+    if not (result / "timeline.parquet").is_file() or not (result / "summary.json").is_file():
+        raise TracesimError(f"{result}: not a result directory (expected timeline.parquet and summary.json)")
+    res = read_result(result)
+    if trace is None:
+        recorded = (res.summary.get("trace") or {}).get("path")
+        if recorded is None:
+            raise TracesimError(f"{result}/summary.json: records no trace path; pass --trace TRACE")
+        trace = Path(recorded)
+        if not trace.exists():
+            raise TracesimError(
+                f"{result}/summary.json: the recorded trace {recorded} does not exist here; "
+                "pass --trace TRACE"
+            )
+    path = write_chrome(
+        res,
+        read_trace(trace, validate=False),
+        out,
+        ranks=_parse_ranks(ranks),
+        start_ns=start_ns,
+        end_ns=end_ns,
+    )
+    console.print(f"wrote {path} (open it in ui.perfetto.dev or chrome://tracing)", highlight=False)
+
+
+@ingest_app.command(name="chakra")
+def ingest_chakra_cmd(
+    files: Annotated[
+        list[Path],
+        typer.Argument(
+            help="Chakra ET files, one per rank (protobuf <prefix>.<rank>.et, optionally gzipped, or "
+            "Chakra JSON), a directory of them, or the <prefix> of <prefix>.<rank>.et"
+        ),
+    ],
+    out: Annotated[Path, typer.Option("--out", help="trace directory to write")],
+    deps: Annotated[
+        str, typer.Option(help="data, ctrl or both: which node deps become op deps (Chakra feeder: data)")
+    ] = "data",
+    overwrite: Annotated[bool, typer.Option(help="replace --out if it exists")] = False,
+) -> None:
+    """Ingest Chakra execution traces and print what was mapped and what was not."""
+    from tracesim.exceptions import TraceError
+    from tracesim.ingest.chakra import DepMode, ingest_chakra
+    from tracesim.trace import write_trace
+
+    modes: dict[str, DepMode] = {"data": "data", "ctrl": "ctrl", "both": "both"}
+    if deps not in modes:
+        raise TraceError(f"--deps: expected data, ctrl or both, got {deps!r}")
+    trace, report = ingest_chakra(files, deps=modes[deps])
+    write_trace(trace, out, overwrite=overwrite)
+    console.print(f"[bold]{out}[/bold]: {trace.num_ops:,} ops on {trace.ranks} ranks", highlight=False)
+    for line in report.lines():
+        console.print("  " + line, highlight=False, markup=False)
+
+
+@ingest_app.command(name="pytorch-et")
+def ingest_pytorch_et_cmd(
+    files: Annotated[
+        list[Path],
+        typer.Argument(help="PyTorch execution-trace JSON files (.json or .json.gz), one per rank"),
+    ],
+    out: Annotated[Path, typer.Option("--out", help="trace directory to write")],
+    overwrite: Annotated[bool, typer.Option(help="replace --out if it exists")] = False,
+) -> None:
+    """Ingest PyTorch execution traces (schema 1.0.x/1.1.x) and print what was mapped and what was not."""
+    from tracesim.ingest.chakra import ingest_pytorch_et
+    from tracesim.trace import write_trace
+
+    trace, report = ingest_pytorch_et(files)
+    write_trace(trace, out, overwrite=overwrite)
+    console.print(f"[bold]{out}[/bold]: {trace.num_ops:,} ops on {trace.ranks} ranks", highlight=False)
+    for line in report.lines():
+        console.print("  " + line, highlight=False, markup=False)
+
+
 def main() -> None:
     """Entry point: one line per error on stderr, non-zero exit."""
     debug = os.environ.get("TRACESIM_DEBUG") == "1"

@@ -1,0 +1,1031 @@
+"""Chakra execution traces and PyTorch execution-trace JSON → canonical trace.
+
+`tracesim ingest chakra` reads, one file per rank (plain or gzip):
+
+- the Chakra protobuf stream (`<prefix>.<rank>.et`): a varint32 length, then that many bytes of a
+  message; first a `GlobalMetadata`, then `Node`s. The wire format is decoded here by hand (no
+  protobuf dependency), with the field numbers of `et_def.proto` (package `ChakraProtoMsg`):
+  Node id 1, name 2, type 3, ctrl_deps 4, data_deps 5 (packed or not), start_time_micros 6,
+  duration_micros 7, inputs 8, outputs 9, attr 10; AttributeProto name 1, value oneof 3..32
+  (scalars and `*List{values = 1}`), IOInfo values 1, shapes 2, types 3;
+- the Chakra JSON rendering (`{"workload_graph": [{"Id", "Name", "NodeType", "data_deps",
+  "ctrlDeps", "runtime", "is_cpu_op", ...}]}`);
+- PyTorch execution-trace JSON (`{"schema": "1.0.x"/"1.1.x…", "nodes": [...]}`), also on its own
+  through `tracesim ingest pytorch-et`.
+
+What becomes an op (Chakra): COMP_NODE → `compute` (`host` when `is_cpu_op`), duration from
+`duration_micros`/`runtime`, FLOPs from `num_ops`, bytes from `tensor_size`; COMM_COLL_NODE with a
+`comm_type` → `collective` (`coll`, `comm_bytes` from `comm_size`, group from `pg_name`) when all
+of its group's ranks are among the files; otherwise, and for the CPU-side `c10d::*` COMM_COLL
+nodes that carry no `comm_type`, `compute`/`host` with category `communication` and its measured
+duration (counted). COMM_SEND/RECV_NODE → `send`/`recv` (peer from `comm_dst`/`comm_src`) when the
+peer's file is present and the messages pair up, else `compute`/`communication` (counted).
+MEM_LOAD/STORE_NODE → `memory` (category `copy`). METADATA_NODE and INVALID_NODE are dropped and
+counted; a dep through a dropped node is reconnected to that node's own deps (transitively).
+
+Deps come from `data_deps` (what the ASTRA-sim feeder waits on; `deps="ctrl"` or `"both"` use
+`ctrl_deps` too); a dep on a node that is not in the file is counted and ignored. Each rank's
+nodes are put in a topological order (lowest node id first among the ready ones, as the Chakra
+feeder issues them) which gives the op_ids; stream = one per (`is_cpu_op`, `tid`) so ops of one
+thread or GPU stream run one at a time.
+"""
+
+from __future__ import annotations
+
+import gzip
+import heapq
+import json
+import re
+import struct
+from collections import Counter, defaultdict
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import pyarrow as pa
+
+from tracesim.exceptions import TraceError
+from tracesim.ingest.kineto import COLL_NAMES, DTYPE_BYTES, FORMAT_DTYPE, _category
+from tracesim.trace import Trace
+
+DepMode = Literal["data", "ctrl", "both"]
+
+# NodeType (et_def.proto)
+INVALID_NODE, METADATA_NODE, MEM_LOAD_NODE, MEM_STORE_NODE = 0, 1, 2, 3
+COMP_NODE, COMM_SEND_NODE, COMM_RECV_NODE, COMM_COLL_NODE = 4, 5, 6, 7
+NODE_TYPE_NAMES = {
+    0: "INVALID_NODE",
+    1: "METADATA_NODE",
+    2: "MEM_LOAD_NODE",
+    3: "MEM_STORE_NODE",
+    4: "COMP_NODE",
+    5: "COMM_SEND_NODE",
+    6: "COMM_RECV_NODE",
+    7: "COMM_COLL_NODE",
+}
+# CollectiveCommType (et_def.proto); GATHER/SCATTER have no canonical counterpart.
+COMM_TYPES = {
+    0: "all_reduce",
+    1: "reduce",
+    2: "all_gather",
+    5: "broadcast",
+    6: "all_to_all",
+    7: "reduce_scatter",
+    8: "reduce_scatter",
+    9: "barrier",
+}
+
+# `<prefix>.<rank>.et` (or .json); the prefix must not end in a digit or a dot, so that a version
+# number such as `1.0.2-chakra.0.0.4.json` is not read as rank 4.
+RANK_RE = re.compile(r"^.*[^\d.]\.(\d+)\.(?:et|json)(?:\.gz)?$")
+
+
+@dataclass
+class ChakraReport:
+    """What `ingest_chakra`/`ingest_pytorch_et` made of their input; nothing goes uncounted."""
+
+    files: list[str] = field(default_factory=list)
+    formats: list[str] = field(default_factory=list)  # per file: protobuf, chakra-json, pytorch-et
+    source_ranks: list[int] = field(default_factory=list)
+    nodes: int = 0
+    nodes_by_type: Counter[str] = field(default_factory=Counter)
+    ops_by_kind: Counter[str] = field(default_factory=Counter)
+    deps: int = 0
+    deps_reconnected: int = 0  # deps that went through a dropped node, reconnected to its deps
+    deps_outside_file: int = 0  # deps on node ids that are not in the file (ignored)
+    collectives_matched: int = 0
+    p2p_matched: int = 0
+    collective_problems: Counter[str] = field(default_factory=Counter)
+    unmapped: Counter[str] = field(default_factory=Counter)
+
+    @property
+    def ranks(self) -> int:
+        return len(self.source_ranks)
+
+    def lines(self) -> list[str]:
+        """A one-screen text rendering (the CLI prints it)."""
+        out = [
+            f"files {len(self.files)} ({', '.join(sorted(set(self.formats)))}), ranks {self.ranks} "
+            f"(source ranks {self.source_ranks})",
+            f"nodes {self.nodes:,}: "
+            + ", ".join(f"{k} {v:,}" for k, v in sorted(self.nodes_by_type.items())),
+            "ops by kind: " + ", ".join(f"{k} {v:,}" for k, v in sorted(self.ops_by_kind.items())),
+            f"deps: {self.deps:,} ({self.deps_reconnected:,} reconnected through dropped nodes, "
+            f"{self.deps_outside_file:,} on nodes not in the file ignored)",
+            f"collectives matched across ranks: {self.collectives_matched:,}; "
+            f"send/recv pairs: {self.p2p_matched:,}",
+        ]
+        for k, v in sorted(self.collective_problems.items()):
+            out.append(f"  kept as compute/communication: {v:,} {k}")
+        total = sum(self.unmapped.values())
+        out.append(f"nodes not mapped to ops: {total:,}")
+        for k, v in self.unmapped.most_common():
+            out.append(f"  {v:>9,}  {k}")
+        return out
+
+
+# ---------------------------------------------------------------------------------------------
+# Protobuf wire format
+
+
+class _Wire:
+    """Reads protobuf wire-format fields from `buf[start:end]`; errors name the file and offset."""
+
+    __slots__ = ("buf", "end", "path", "pos")
+
+    def __init__(self, buf: bytes, path: Path, start: int = 0, end: int | None = None) -> None:
+        self.buf = buf
+        self.path = path
+        self.pos = start
+        self.end = len(buf) if end is None else end
+
+    def fail(self, what: str, at: int | None = None) -> TraceError:
+        return TraceError(f"{self.path}: byte offset {self.pos if at is None else at}: {what}")
+
+    def varint(self) -> int:
+        start = self.pos
+        result = shift = 0
+        buf, end = self.buf, self.end
+        while True:
+            if self.pos >= end:
+                raise self.fail("truncated varint", start)
+            b = buf[self.pos]
+            self.pos += 1
+            result |= (b & 0x7F) << shift
+            if b < 0x80:
+                return result
+            shift += 7
+            if shift >= 70:
+                raise self.fail("varint longer than 10 bytes", start)
+
+    def take(self, n: int) -> tuple[int, int]:
+        start = self.pos
+        if n < 0 or start + n > self.end:
+            raise self.fail(f"field of {n} bytes runs past the end of its message (at {self.end})", start)
+        self.pos += n
+        return start, start + n
+
+    def fields(self) -> Iterator[tuple[int, int, Any]]:
+        """(field number, wire type, value): int for 0/1/5, (start, end) for 2."""
+        while self.pos < self.end:
+            at = self.pos
+            key = self.varint()
+            num, wt = key >> 3, key & 7
+            if num == 0:
+                raise self.fail("field number 0 (not a protobuf message)", at)
+            if wt == 0:
+                yield num, wt, self.varint()
+            elif wt == 1:
+                s, _ = self.take(8)
+                yield num, wt, struct.unpack_from("<Q", self.buf, s)[0]
+            elif wt == 5:
+                s, _ = self.take(4)
+                yield num, wt, struct.unpack_from("<I", self.buf, s)[0]
+            elif wt == 2:
+                yield num, wt, self.take(self.varint())
+            else:
+                raise self.fail(f"unsupported wire type {wt} (field {num})", at)
+
+
+def _signed64(v: int) -> int:
+    return v - (1 << 64) if v >= 1 << 63 else v
+
+
+def _zigzag(v: int) -> int:
+    return (v >> 1) ^ -(v & 1)
+
+
+def _scalar(num: int, wt: int, v: Any, buf: bytes) -> Any:
+    """One AttributeProto scalar value (oneof field numbers 3..31, odd)."""
+    if num == 3 and wt == 1:
+        return struct.unpack("<d", struct.pack("<Q", v))[0]
+    if num == 5 and wt == 5:
+        return struct.unpack("<f", struct.pack("<I", v))[0]
+    if num in (7, 9) and wt == 0:  # int32/int64: negative values are sign-extended to 64 bits
+        return _signed64(v)
+    if num in (11, 13) and wt == 0:
+        return v
+    if num in (15, 17) and wt == 0:
+        return _zigzag(v)
+    if num in (19, 21):
+        return v
+    if num == 23 and wt == 5:
+        return v - (1 << 32) if v >= 1 << 31 else v
+    if num == 25 and wt == 1:
+        return _signed64(v)
+    if num == 27 and wt == 0:
+        return bool(v)
+    if num in (29, 31) and wt == 2:
+        s, e = v
+        raw = buf[s:e]
+        return raw.decode("utf-8", "replace") if num == 29 else raw
+    return None
+
+
+def _list(num: int, span: tuple[int, int], w: _Wire) -> list[Any]:
+    """A `*List` message: repeated `values = 1`, packed (numeric) or not."""
+    out: list[Any] = []
+    sub = _Wire(w.buf, w.path, span[0], span[1])
+    elem = num - 1  # the scalar oneof number of the same type
+    for fnum, wt, v in sub.fields():
+        if fnum != 1:
+            continue
+        if wt == 2 and elem not in (29, 31):  # packed
+            p = _Wire(w.buf, w.path, v[0], v[1])
+            while p.pos < p.end:
+                if elem in (3, 21, 25):
+                    s, _ = p.take(8)
+                    raw = struct.unpack_from("<Q", p.buf, s)[0]
+                    out.append(_scalar(elem, 1, raw, p.buf))
+                elif elem in (5, 19, 23):
+                    s, _ = p.take(4)
+                    raw = struct.unpack_from("<I", p.buf, s)[0]
+                    out.append(_scalar(elem, 5, raw, p.buf))
+                else:
+                    out.append(_scalar(elem, 0, p.varint(), p.buf))
+        else:
+            out.append(_scalar(elem, wt, v, w.buf))
+    return out
+
+
+def _attr(span: tuple[int, int], w: _Wire) -> tuple[str, Any]:
+    sub = _Wire(w.buf, w.path, span[0], span[1])
+    name = ""
+    value: Any = None
+    for num, wt, v in sub.fields():
+        if num == 1 and wt == 2:
+            name = w.buf[v[0] : v[1]].decode("utf-8", "replace")
+        elif 3 <= num <= 32:
+            value = _list(num, v, w) if num % 2 == 0 and wt == 2 else _scalar(num, wt, v, w.buf)
+    return name, value
+
+
+def _packed_u64(num: int, wt: int, v: Any, w: _Wire, into: list[int]) -> None:
+    if wt == 0:
+        into.append(v)
+    elif wt == 2:
+        p = _Wire(w.buf, w.path, v[0], v[1])
+        while p.pos < p.end:
+            into.append(p.varint())
+    else:
+        raise w.fail(f"field {num} (repeated uint64) has wire type {wt}")
+
+
+@dataclass(slots=True)
+class _Node:
+    """One graph node as read from any of the three formats."""
+
+    nid: int
+    name: str
+    ntype: int
+    ctrl_deps: list[int] = field(default_factory=list)
+    data_deps: list[int] = field(default_factory=list)
+    dur_us: int | None = None
+    start_us: int | None = None
+    attrs: dict[str, Any] = field(default_factory=dict)
+    inputs: str = ""  # IOInfo.values (METADATA nodes carry the process groups here)
+
+
+def _io_values(span: tuple[int, int], w: _Wire) -> str:
+    sub = _Wire(w.buf, w.path, span[0], span[1])
+    for num, wt, v in sub.fields():
+        if num == 1 and wt == 2:
+            return w.buf[v[0] : v[1]].decode("utf-8", "replace")
+    return ""
+
+
+def _node(span: tuple[int, int], w: _Wire) -> _Node:
+    sub = _Wire(w.buf, w.path, span[0], span[1])
+    n = _Node(0, "", INVALID_NODE)
+    for num, wt, v in sub.fields():
+        if num == 1 and wt == 0:
+            n.nid = v
+        elif num == 2 and wt == 2:
+            n.name = w.buf[v[0] : v[1]].decode("utf-8", "replace")
+        elif num == 3 and wt == 0:
+            n.ntype = v
+        elif num == 4:
+            _packed_u64(num, wt, v, sub, n.ctrl_deps)
+        elif num == 5:
+            _packed_u64(num, wt, v, sub, n.data_deps)
+        elif num == 6 and wt == 0:
+            n.start_us = v
+        elif num == 7 and wt == 0:
+            n.dur_us = v
+        elif num == 8 and wt == 2:
+            n.inputs = _io_values(v, w)
+        elif num == 10 and wt == 2:
+            k, val = _attr(v, w)
+            n.attrs[k] = val
+    return n
+
+
+def read_et(path: Path, raw: bytes | None = None) -> tuple[dict[str, Any], list[_Node]]:
+    """The GlobalMetadata attributes and the Nodes of one Chakra protobuf file."""
+    buf = _load(path) if raw is None else raw
+    w = _Wire(buf, path)
+    meta: dict[str, Any] = {}
+    nodes: list[_Node] = []
+    first = True
+    while w.pos < w.end:
+        at = w.pos
+        n = w.varint()
+        if n == 0 and at + 1 == w.end:
+            break  # a trailing zero length is EOF for the reference reader
+        try:
+            span = w.take(n)
+        except TraceError:
+            raise w.fail(f"record of {n} bytes runs past the end of the file ({w.end} bytes)", at) from None
+        if first:
+            sub = _Wire(buf, path, span[0], span[1])
+            for num, wt, v in sub.fields():
+                if num == 2 and wt == 2:
+                    k, val = _attr(v, w)
+                    meta[k] = val
+                elif num == 1 and wt == 2:
+                    meta["version"] = buf[v[0] : v[1]].decode("utf-8", "replace")
+            first = False
+        else:
+            nodes.append(_node(span, w))
+    if first:
+        raise TraceError(f"{path}: empty file (no GlobalMetadata record)")
+    return meta, nodes
+
+
+def _load(path: Path) -> bytes:
+    raw = path.read_bytes()
+    if raw[:2] == b"\x1f\x8b":
+        try:
+            raw = gzip.decompress(raw)
+        except (OSError, EOFError) as e:
+            raise TraceError(f"{path}: not a readable gzip file: {e}") from None
+    return raw
+
+
+# ---------------------------------------------------------------------------------------------
+# JSON renderings
+
+
+def _int(v: Any) -> int | None:
+    if isinstance(v, bool):
+        return int(v)
+    if isinstance(v, int):
+        return v
+    if isinstance(v, float) and v.is_integer():
+        return int(v)
+    return None
+
+
+def _ids(v: Any) -> list[int]:
+    if isinstance(v, list):
+        return [x for x in (_int(y) for y in v) if x is not None]
+    x = _int(v)
+    return [] if x is None or x < 0 else [x]
+
+
+def _chakra_json_nodes(data: dict[str, Any], path: Path) -> list[_Node]:
+    graph = data.get("workload_graph")
+    if not isinstance(graph, list):
+        raise TraceError(f"{path}: Chakra JSON without a 'workload_graph' list")
+    out: list[_Node] = []
+    reserved = {"Id", "Name", "NodeType", "data_deps", "ctrlDeps", "ctrl_deps", "runtime"}
+    for i, d in enumerate(graph):
+        nid = _int(d.get("Id")) if isinstance(d, dict) else None
+        if not isinstance(d, dict) or nid is None:
+            raise TraceError(f"{path}: workload_graph[{i}] is not a node with an integer 'Id'")
+        n = _Node(nid, str(d.get("Name", "")), _int(d.get("NodeType")) or INVALID_NODE)
+        n.data_deps = _ids(d.get("data_deps"))
+        n.ctrl_deps = _ids(d.get("ctrlDeps", d.get("ctrl_deps")))
+        n.dur_us = _int(d.get("runtime"))
+        n.attrs = {k: v for k, v in d.items() if k not in reserved}
+        out.append(n)
+    return out
+
+
+def _read_any(path: Path) -> tuple[str, Any]:
+    """("protobuf", (meta, nodes)) or ("chakra-json" | "pytorch-et", parsed JSON)."""
+    raw = _load(path)
+    head = raw[:64].lstrip()
+    if head[:1] in (b"{", b"["):
+        try:
+            data = json.loads(raw)
+        except (json.JSONDecodeError, UnicodeDecodeError):
+            data = None
+        if isinstance(data, dict):
+            if "workload_graph" in data:
+                return "chakra-json", data
+            if isinstance(data.get("nodes"), list):
+                return "pytorch-et", data
+            raise TraceError(f"{path}: JSON, but neither Chakra ('workload_graph') nor PyTorch ET ('nodes')")
+    return "protobuf", read_et(path, raw)
+
+
+# ---------------------------------------------------------------------------------------------
+# Mapping to canonical ops
+
+
+@dataclass(slots=True)
+class _Op:
+    nid: int
+    rank: int  # index into the files
+    stream_key: tuple[Any, ...]
+    name: str
+    kind: str
+    dur: int | None
+    deps: list[int]  # node ids (same rank)
+    category: str | None = None
+    flops: float | None = None
+    bytes_read: int | None = None
+    bytes_written: int | None = None
+    start: int | None = None
+    coll: str | None = None
+    comm_bytes: int | None = None
+    dtype: str | None = None
+    group_key: tuple[str, tuple[int, ...] | None] | None = None  # (pg name, source ranks or None)
+    peer: int | None = None  # source rank (send/recv)
+    group_id: int | None = None
+    coll_seq: int | None = None
+    p2p_seq: int | None = None
+    problem: str | None = None  # why a communication op could not be mapped (counted)
+    fallback_kind: str = "compute"
+    op_id: int = -1
+
+
+@dataclass
+class _Rank:
+    path: Path
+    fmt: str
+    source_rank: int
+    ops: dict[int, _Op] = field(default_factory=dict)
+    dropped: dict[int, list[int]] = field(default_factory=dict)  # dropped node id → its deps
+    pg_ranks: dict[str, tuple[int, ...]] = field(default_factory=dict)
+    order: list[int] = field(default_factory=list)  # topological order of kept node ids
+
+
+def _pg_config(text: str, into: dict[str, tuple[int, ...]], alias: dict[int, str] | None = None) -> bool:
+    """Process groups from `[{"pg_name": …, "ranks": […], "group_size": n}]` (ranks [] = 0..n-1)."""
+    try:
+        data = json.loads(text)
+    except (json.JSONDecodeError, TypeError):
+        return False
+    if isinstance(data, list) and len(data) == 1 and isinstance(data[0], str):
+        return _pg_config(data[0], into, alias)
+    if not isinstance(data, list):
+        return False
+    found = False
+    for pg in data:
+        if not isinstance(pg, dict) or "pg_name" not in pg:
+            continue
+        ranks = pg.get("ranks")
+        size = _int(pg.get("group_size"))
+        if isinstance(ranks, list) and ranks and all(_int(r) is not None for r in ranks):
+            into[str(pg["pg_name"])] = tuple(int(r) for r in ranks)
+        elif size is not None and size > 0:
+            into[str(pg["pg_name"])] = tuple(range(size))
+        else:
+            continue
+        if alias is not None and _int(pg.get("backend_id")) is not None:
+            alias[int(pg["backend_id"])] = str(pg["pg_name"])
+        found = True
+    return found
+
+
+def _chakra_ops(r: _Rank, rank: int, nodes: list[_Node], report: ChakraReport, dep_mode: DepMode) -> None:
+    seen: set[int] = set()
+    for n in nodes:
+        if n.nid in seen:
+            raise TraceError(f"{r.path}: duplicate node id {n.nid}")
+        seen.add(n.nid)
+        tname = NODE_TYPE_NAMES.get(n.ntype, f"unknown NodeType {n.ntype}")
+        report.nodes_by_type[tname] += 1
+        deps = (
+            n.data_deps
+            if dep_mode == "data"
+            else n.ctrl_deps
+            if dep_mode == "ctrl"
+            else list(dict.fromkeys(n.data_deps + n.ctrl_deps))
+        )
+        if n.ntype not in (
+            MEM_LOAD_NODE,
+            MEM_STORE_NODE,
+            COMP_NODE,
+            COMM_SEND_NODE,
+            COMM_RECV_NODE,
+            COMM_COLL_NODE,
+        ):
+            if n.ntype == METADATA_NODE:
+                _pg_config(n.inputs, r.pg_ranks)
+            r.dropped[n.nid] = deps
+            report.unmapped[f"{tname} (dropped; deps reconnected)"] += 1
+            continue
+        a = n.attrs
+        cpu = bool(a.get("is_cpu_op", False))
+        tid = a.get("tid", a.get("stream"))
+        base = "host" if cpu else "compute"
+        dur = None if n.dur_us is None else n.dur_us * 1000
+        op = _Op(n.nid, rank, ("cpu" if cpu else "gpu", tid), n.name, base, dur, list(deps))
+        op.fallback_kind = base
+        op.start = None if n.start_us is None else n.start_us * 1000
+        size = _int(a.get("tensor_size"))
+        if n.ntype == COMP_NODE:
+            op.category = _category(n.name)
+            flops = a.get("num_ops")
+            op.flops = (
+                float(flops) if isinstance(flops, int | float) and not isinstance(flops, bool) else None
+            )
+            op.bytes_read = size if size is not None and size >= 0 else None
+        elif n.ntype in (MEM_LOAD_NODE, MEM_STORE_NODE):
+            op.kind, op.category = "memory", "copy"
+            if size is not None and size >= 0:
+                if n.ntype == MEM_LOAD_NODE:
+                    op.bytes_read = size
+                else:
+                    op.bytes_written = size
+        else:
+            op.category = "communication"
+            size = _int(a.get("comm_size"))
+            ctype = _int(a.get("comm_type"))
+            if n.ntype == COMM_COLL_NODE:
+                if ctype is None:
+                    op.problem = "COMM_COLL_NODE without comm_type (CPU-side c10d op or no metadata)"
+                elif ctype not in COMM_TYPES:
+                    op.problem = f"COMM_COLL_NODE with unsupported comm_type {ctype}"
+                else:
+                    op.coll = COMM_TYPES[ctype]
+                    op.comm_bytes = max(size or 0, 0)
+                    pg = a.get("pg_name")
+                    pgs = str(pg) if pg not in (None, "") else ""
+                    op.group_key = (pgs, None)
+            else:
+                peer = _int(a.get("comm_dst" if n.ntype == COMM_SEND_NODE else "comm_src"))
+                if peer is None:
+                    op.problem = f"{tname} without {'comm_dst' if n.ntype == COMM_SEND_NODE else 'comm_src'}"
+                else:
+                    op.peer = peer
+                    op.comm_bytes = max(size or 0, 0)
+                    op.kind = "send" if n.ntype == COMM_SEND_NODE else "recv"
+        r.ops[n.nid] = op
+
+
+ET_ROOTS = ("[pytorch|profiler|execution_trace|", "[pytorch|profiler|execution_graph|")
+
+
+def _et_attrs(d: dict[str, Any]) -> dict[str, Any]:
+    attrs = d.get("attrs")
+    out: dict[str, Any] = {}
+    if isinstance(attrs, list):
+        for a in attrs:
+            if isinstance(a, dict) and "name" in a:
+                out[str(a["name"])] = a.get("value")
+    for k in ("tid", "rf_id", "op_schema"):  # schema 1.0.1 has them at the top level
+        if k in d and k not in out:
+            out[k] = d[k]
+    return out
+
+
+def _et_inputs(d: dict[str, Any]) -> list[Any]:
+    inp = d.get("inputs")
+    if isinstance(inp, dict):
+        inp = inp.get("values")
+    return inp if isinstance(inp, list) else []
+
+
+def _et_outputs(d: dict[str, Any]) -> list[Any]:
+    out = d.get("outputs")
+    if isinstance(out, dict):
+        out = out.get("values")
+    return out if isinstance(out, list) else []
+
+
+def _tensor_bytes(v: Any) -> int:
+    """Bytes of the tensors in an ET value: 6-tuples [id, storage, offset, numel, elem_bytes, dev]."""
+    if isinstance(v, list):
+        if (
+            len(v) == 6
+            and all(isinstance(x, int) and not isinstance(x, bool) for x in v[:5])
+            and isinstance(v[5], str)
+        ):
+            return int(v[3]) * int(v[4])
+        return sum(_tensor_bytes(x) for x in v)
+    return 0
+
+
+def _et_ops(r: _Rank, rank: int, data: dict[str, Any], report: ChakraReport) -> None:
+    """PyTorch ET: top-level operators of each thread → host ops; record_param_comms → comms."""
+    raw = data["nodes"]
+    by_id: dict[int, dict[str, Any]] = {}
+    for i, d in enumerate(raw):
+        nid = _int(d.get("id")) if isinstance(d, dict) else None
+        if not isinstance(d, dict) or nid is None:
+            raise TraceError(f"{r.path}: nodes[{i}] is not a node with an integer 'id'")
+        if nid in by_id:
+            raise TraceError(f"{r.path}: duplicate node id {nid}")
+        by_id[nid] = d
+    report.nodes_by_type["pytorch-et node"] += len(by_id)
+    parent = {nid: _int(d.get("ctrl_deps", d.get("parent"))) for nid, d in by_id.items()}
+    roots = {nid for nid, d in by_id.items() if str(d.get("name", "")).startswith(ET_ROOTS)}
+    threads = {nid for nid in roots if "thread]" in str(by_id[nid].get("name", ""))}
+    backend_alias: dict[int, str] = {}
+
+    def top_of(nid: int) -> int | None:
+        cur: int | None = nid
+        for _ in range(10_000):
+            p = parent.get(cur) if cur is not None else None
+            if p is None or p not in by_id:
+                return None
+            if p in threads:
+                return cur
+            cur = p
+        return None
+
+    for nid in sorted(by_id):
+        d = by_id[nid]
+        name = str(d.get("name", ""))
+        if nid in roots:
+            report.unmapped["ET process/thread root node"] += 1
+            continue
+        if name == "## process_group:init ##":
+            vals = _et_inputs(d)
+            if vals and isinstance(vals[0], str):
+                _pg_config(vals[0], r.pg_ranks, backend_alias)
+            report.unmapped["process_group:init node (→ process groups)"] += 1
+            continue
+    for nid in sorted(by_id):
+        d = by_id[nid]
+        name = str(d.get("name", ""))
+        if nid in roots or name == "## process_group:init ##":
+            continue
+        top = top_of(nid)
+        if top == nid:
+            p = parent[nid]
+            assert p is not None
+            tkey = ("thread", _et_attrs(by_id[p]).get("tid", p))
+            r.ops[nid] = _Op(nid, rank, tkey, name, "host", None, [], fallback_kind="host")
+            continue
+        if name != "record_param_comms":
+            report.unmapped[
+                "operator nested in a top-level operator" if top is not None else "node outside any thread"
+            ] += 1
+            continue
+        a = _et_attrs(d)
+        vals = _et_inputs(d)
+        cname = a.get("collective_name")
+        if cname is None and len(vals) > 4 and isinstance(vals[4], str):
+            cname = vals[4]
+        coll = COLL_NAMES.get(str(cname).lower()) if cname is not None else None
+        if coll is None:
+            report.unmapped[f"record_param_comms {cname!s} (not a collective)"] += 1
+            continue
+        dtype = str(a.get("dtype", "")).lower()
+        elem = DTYPE_BYTES.get(dtype)
+        nel = _int(a.get("out_msg_nelems" if coll == "all_gather" else "in_msg_nelems"))
+        if elem is not None and nel is not None:
+            nbytes = nel * elem
+        else:
+            nbytes = _tensor_bytes(_et_outputs(d) if coll == "all_gather" else vals[:1])
+        pg: Any = a.get("pg_name")
+        if pg is None and len(vals) > 2:
+            pg = vals[2]
+            if isinstance(pg, list) and pg:
+                pg = pg[0]
+            elif _int(pg) is not None and _int(pg) in backend_alias:
+                pg = backend_alias[int(pg)]
+        pgs = "" if pg is None else str(pg)
+        ranks: tuple[int, ...] | None = r.pg_ranks.get(pgs)
+        size = _int(a.get("pg_size"))
+        if ranks is None and size is not None and size > 0:
+            start = _int(a.get("global_rank_start")) or 0
+            stride = _int(a.get("global_rank_stride")) or 1
+            ranks = tuple(start + stride * i for i in range(size))
+        if ranks is None and len(vals) > 7 and _int(vals[-1]) is not None and (_int(vals[-1]) or 0) > 0:
+            ranks = tuple(range(_int(vals[-1]) or 0))
+        op = _Op(nid, rank, ("comm",), name, "compute", None, [], category="communication")
+        if top is not None:
+            op.deps = [top]  # launched by its top-level operator (ET records no GPU timing)
+            op.name = f"{by_id[top].get('name', name)} [{coll}]"
+        op.coll, op.comm_bytes, op.group_key = coll, nbytes, (pgs, ranks)
+        op.dtype = FORMAT_DTYPE.get(dtype)
+        r.ops[nid] = op
+
+
+def _resolve_deps(r: _Rank, report: ChakraReport) -> None:
+    """Deps only to kept nodes: through dropped nodes transitively; unknown ids counted."""
+    memo: dict[int, list[int]] = {}
+
+    def through(nid: int, stack: set[int]) -> list[int]:
+        if nid in memo:
+            return memo[nid]
+        if nid in stack:
+            return []
+        stack.add(nid)
+        out: list[int] = []
+        for d in r.dropped[nid]:
+            if d in r.ops:
+                out.append(d)
+            elif d in r.dropped:
+                out.extend(through(d, stack))
+            else:
+                report.deps_outside_file += 1
+        stack.discard(nid)
+        memo[nid] = list(dict.fromkeys(out))
+        return memo[nid]
+
+    for op in r.ops.values():
+        new: list[int] = []
+        for d in op.deps:
+            if d == op.nid:
+                continue
+            if d in r.ops:
+                new.append(d)
+            elif d in r.dropped:
+                got = [x for x in through(d, set()) if x != op.nid]
+                report.deps_reconnected += len(got)
+                new.extend(got)
+            else:
+                report.deps_outside_file += 1
+        op.deps = list(dict.fromkeys(new))
+        report.deps += len(op.deps)
+
+
+def _topo(r: _Rank) -> None:
+    """Kahn's order, lowest node id first among the ready nodes (the Chakra feeder's order)."""
+    indeg = {nid: len(op.deps) for nid, op in r.ops.items()}
+    users: dict[int, list[int]] = defaultdict(list)
+    for nid, op in r.ops.items():
+        for d in op.deps:
+            users[d].append(nid)
+    heap = [nid for nid, k in indeg.items() if k == 0]
+    heapq.heapify(heap)
+    order: list[int] = []
+    while heap:
+        nid = heapq.heappop(heap)
+        order.append(nid)
+        for u in users.get(nid, []):
+            indeg[u] -= 1
+            if indeg[u] == 0:
+                heapq.heappush(heap, u)
+    if len(order) != len(r.ops):
+        stuck = sorted(nid for nid, k in indeg.items() if k > 0)
+        raise TraceError(
+            f"{r.path}: dependency cycle among {len(stuck)} nodes (node ids {stuck[:10]}"
+            f"{' …' if len(stuck) > 10 else ''})"
+        )
+    r.order = order
+
+
+def _match(ranks: list[_Rank], report: ChakraReport) -> dict[int, tuple[str, list[int]]]:
+    """Collectives and send/recv pairs; what cannot be matched stays compute/communication."""
+    present = {r.source_rank: i for i, r in enumerate(ranks)}
+    group_ids: dict[tuple[str, tuple[int, ...]], int] = {}
+    per: dict[tuple[int, int], list[_Op]] = defaultdict(list)
+    for i, r in enumerate(ranks):
+        for nid in r.order:
+            op = r.ops[nid]
+            if op.problem is not None or op.coll is None or op.group_key is None:
+                continue
+            pg, members = op.group_key
+            if members is None:
+                members = r.pg_ranks.get(pg)
+            if members is None:
+                if len(ranks) == 1:
+                    op.problem = "collective without its peer ranks (single file, group unknown)"
+                    continue
+                members = tuple(sorted(present))  # no group: all ranks of the job (ASTRA-sim's default)
+            if len(set(members)) < 2:
+                op.problem = "collective on a one-rank process group"
+            elif not set(members) <= set(present):
+                op.problem = "collective without its peer ranks (their files absent)"
+            elif r.source_rank not in members:
+                op.problem = "collective on a rank outside its process group"
+            if op.problem is not None:
+                continue
+            gid = group_ids.setdefault((pg, tuple(members)), len(group_ids))
+            op.group_id = gid
+            per[(gid, i)].append(op)
+    for lst in per.values():
+        for seq, op in enumerate(lst):
+            op.coll_seq = seq
+    for (_pg, members), gid in group_ids.items():
+        seqs: dict[int, list[_Op]] = defaultdict(list)
+        for sr in members:
+            for op in per.get((gid, present[sr]), []):
+                assert op.coll_seq is not None
+                seqs[op.coll_seq].append(op)
+        for parts in seqs.values():
+            problem = None
+            if len(parts) != len(members):
+                problem = "collective without its peer ranks (no matching node in a peer's file)"
+            elif len({(p.coll, p.comm_bytes) for p in parts}) != 1:
+                problem = "collective whose participants disagree on type or size"
+            for p in parts:
+                if problem is None:
+                    p.kind = "collective"
+                    report.collectives_matched += 1
+                else:
+                    p.group_id = p.coll_seq = None
+                    p.problem = problem
+    # send/recv: the n-th send from src to dst pairs with the n-th recv at dst from src.
+    sends: dict[tuple[int, int], list[_Op]] = defaultdict(list)
+    recvs: dict[tuple[int, int], list[_Op]] = defaultdict(list)
+    for i, r in enumerate(ranks):
+        for nid in r.order:
+            op = r.ops[nid]
+            if op.kind not in ("send", "recv") or op.problem is not None:
+                continue
+            assert op.peer is not None
+            if op.peer not in present or op.peer == r.source_rank:
+                op.problem = f"{op.kind} whose peer rank's file is absent"
+                continue
+            if op.kind == "send":
+                sends[(i, present[op.peer])].append(op)
+            else:
+                recvs[(present[op.peer], i)].append(op)
+    for key in set(sends) | set(recvs):
+        s, v = sends.get(key, []), recvs.get(key, [])
+        k = 0
+        for a, b in zip(s, v, strict=False):
+            if a.comm_bytes != b.comm_bytes:
+                a.problem = b.problem = "send/recv pair whose sizes disagree"
+                continue
+            a.p2p_seq = b.p2p_seq = k
+            k += 1
+            report.p2p_matched += 1
+        for extra in s[len(v) :] + v[len(s) :]:
+            extra.problem = f"{extra.kind} without a matching {'recv' if extra.kind == 'send' else 'send'}"
+    for r in ranks:
+        for op in r.ops.values():
+            if op.problem is not None:
+                report.collective_problems[op.problem] += 1
+                op.kind, op.category = op.fallback_kind, "communication"
+                op.group_id = op.coll_seq = op.p2p_seq = op.peer = None
+    return {gid: (pg, [present[m] for m in members]) for (pg, members), gid in group_ids.items()}
+
+
+def _build(ranks: list[_Rank], groups_by_id: dict[int, tuple[str, list[int]]], source: str) -> Trace:
+    order: list[_Op] = []
+    for i, r in enumerate(ranks):
+        streams: dict[tuple[Any, ...], int] = {}
+        for nid in r.order:
+            op = r.ops[nid]
+            op.stream_key = (i, *op.stream_key)
+            streams.setdefault(op.stream_key, len(streams))
+            order.append(op)
+        for op in r.ops.values():
+            op.stream_key = (streams[op.stream_key],)
+    for k, op in enumerate(order):
+        op.op_id = k
+    ids = [{nid: op.op_id for nid, op in r.ops.items()} for r in ranks]
+    coll = [o.kind == "collective" for o in order]
+    p2p = [o.kind in ("send", "recv") for o in order]
+    table = pa.table(
+        {
+            "op_id": pa.array([o.op_id for o in order], pa.uint64()),
+            "rank": pa.array([o.rank for o in order], pa.uint32()),
+            "stream": pa.array([o.stream_key[0] for o in order], pa.uint32()),
+            "name": pa.array([o.name for o in order], pa.string()),
+            "kind": pa.array([o.kind for o in order], pa.string()),
+            "category": pa.array([o.category for o in order], pa.string()),
+            "dtype": pa.array(
+                [o.dtype if c else None for o, c in zip(order, coll, strict=True)], pa.string()
+            ),
+            "flops": pa.array([o.flops for o in order], pa.float64()),
+            "bytes_read": pa.array([o.bytes_read for o in order], pa.uint64()),
+            "bytes_written": pa.array([o.bytes_written for o in order], pa.uint64()),
+            "duration_ns": pa.array([o.dur for o in order], pa.int64()),
+            "start_ns": pa.array([o.start for o in order], pa.int64()),
+            "deps": pa.array([[ids[o.rank][d] for d in o.deps] for o in order], pa.list_(pa.uint64())),
+            "coll": pa.array([o.coll if c else None for o, c in zip(order, coll, strict=True)], pa.string()),
+            "group_id": pa.array(
+                [o.group_id if c else None for o, c in zip(order, coll, strict=True)], pa.uint32()
+            ),
+            "coll_seq": pa.array(
+                [o.coll_seq if c else None for o, c in zip(order, coll, strict=True)], pa.uint64()
+            ),
+            "comm_bytes": pa.array(
+                [o.comm_bytes if c or q else None for o, c, q in zip(order, coll, p2p, strict=True)],
+                pa.uint64(),
+            ),
+            "peer": pa.array(
+                [
+                    None if not q or o.peer is None else _peer_index(ranks, o.peer)
+                    for o, q in zip(order, p2p, strict=True)
+                ],
+                pa.uint32(),
+            ),
+            "p2p_seq": pa.array(
+                [o.p2p_seq if q else None for o, q in zip(order, p2p, strict=True)], pa.uint64()
+            ),
+        }
+    )
+    used = sorted({o.group_id for o in order if o.kind == "collective" and o.group_id is not None})
+    groups = None
+    if used:
+        groups = pa.table(
+            {
+                "group_id": pa.array(used, pa.uint32()),
+                "ranks": pa.array([groups_by_id[g][1] for g in used], pa.list_(pa.uint32())),
+                "name": pa.array([groups_by_id[g][0] or None for g in used], pa.string()),
+            }
+        )
+    return Trace.from_tables(
+        table,
+        ranks=len(ranks),
+        groups=groups,
+        source=source + ": " + ", ".join(r.path.name for r in ranks),
+        source_system=None,
+        validate=True,
+        source_ranks=[r.source_rank for r in ranks],
+    )
+
+
+def _peer_index(ranks: list[_Rank], source_rank: int) -> int:
+    for i, r in enumerate(ranks):
+        if r.source_rank == source_rank:
+            return i
+    raise AssertionError(source_rank)
+
+
+def expand_paths(paths: Sequence[Path | str]) -> list[Path]:
+    """Files as given; a directory → its `*.et`/`*.json(.gz)` files; a prefix → `<prefix>.<rank>.et`."""
+    out: list[Path] = []
+    for p in map(Path, paths):
+        if p.is_dir():
+            found = sorted(
+                (q for q in p.iterdir() if q.is_file() and RANK_RE.search(q.name)),
+                key=lambda q: int(RANK_RE.search(q.name).group(1)),  # type: ignore[union-attr]
+            )
+            if not found:
+                raise TraceError(f"{p}: directory without <prefix>.<rank>.et or .json files")
+            out.extend(found)
+        elif p.exists():
+            out.append(p)
+        else:
+            pat = re.compile(re.escape(p.name) + r"\.(\d+)\.et(?:\.gz)?$")
+            found = sorted(
+                (q for q in p.parent.glob(p.name + ".*") if pat.match(q.name)),
+                key=lambda q: int(pat.match(q.name).group(1)),  # type: ignore[union-attr]
+            )
+            if not found:
+                raise TraceError(f"{p}: no such file, and no {p.name}.<rank>.et files next to it")
+            out.extend(found)
+    return out
+
+
+def _ingest(
+    paths: Sequence[Path | str], dep_mode: DepMode, only: str | None, source: str
+) -> tuple[Trace, ChakraReport]:
+    files = expand_paths(paths)
+    if not files:
+        raise TraceError("no input files")
+    report = ChakraReport()
+    ranks: list[_Rank] = []
+    used: set[int] = set()
+    for order, path in enumerate(files):
+        fmt, data = _read_any(path)
+        if only is not None and fmt != only:
+            raise TraceError(f"{path}: expected a PyTorch execution trace (JSON with 'nodes'), got {fmt}")
+        m = RANK_RE.search(path.name)
+        src = int(m.group(1)) if m else order
+        if src in used:
+            src = max(used) + 1
+        used.add(src)
+        r = _Rank(path, fmt, src)
+        if fmt == "protobuf":
+            _meta, nodes = data
+            report.nodes += len(nodes)
+            _chakra_ops(r, order, nodes, report, dep_mode)
+        elif fmt == "chakra-json":
+            nodes = _chakra_json_nodes(data, path)
+            report.nodes += len(nodes)
+            _chakra_ops(r, order, nodes, report, dep_mode)
+        else:
+            report.nodes += len(data["nodes"])
+            _et_ops(r, order, data, report)
+        _resolve_deps(r, report)
+        _topo(r)
+        ranks.append(r)
+        report.files.append(str(path))
+        report.formats.append(fmt)
+    # Ranks renumbered 0..R-1 in source-rank order.
+    ranks.sort(key=lambda r: r.source_rank)
+    for i, r in enumerate(ranks):
+        for op in r.ops.values():
+            op.rank = i
+    report.source_ranks = [r.source_rank for r in ranks]
+    groups = _match(ranks, report)
+    trace = _build(ranks, groups, source)
+    for r in ranks:
+        for op in r.ops.values():
+            report.ops_by_kind[op.kind] += 1
+    return trace, report
+
+
+def ingest_chakra(paths: Sequence[Path | str], *, deps: DepMode = "data") -> tuple[Trace, ChakraReport]:
+    """Chakra ET files (protobuf or JSON; PyTorch ET JSON also accepted), one per rank."""
+    return _ingest(paths, deps, None, "tracesim.ingest.chakra")
+
+
+def ingest_pytorch_et(paths: Sequence[Path | str]) -> tuple[Trace, ChakraReport]:
+    """PyTorch execution-trace JSON files (schemas 1.0.x, 1.1.x), one per rank."""
+    return _ingest(paths, "data", "pytorch-et", "tracesim.ingest.pytorch_et")

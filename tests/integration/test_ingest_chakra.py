@@ -1,0 +1,249 @@
+"""`tracesim ingest chakra` / `pytorch-et`: a synthetic two-rank protobuf trace written here by a
+tiny encoder (multi-byte varints, packed and unpacked deps, a gzipped rank, metadata nodes in the
+dependency chain, a collective and a send/recv pair), bad input, and the real Chakra / PyTorch ET
+files under ../shared/data (node counts from SOURCES.md, protobuf vs JSON rendering, replay)."""
+
+from __future__ import annotations
+
+import gzip
+import tarfile
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import polars as pl
+import pytest
+
+import tracesim
+from tests.unit.test_cli_errors import run_cli
+from tracesim.exceptions import TraceError
+from tracesim.ingest import ingest_chakra, ingest_pytorch_et
+
+DATA = Path(__file__).resolve().parents[2].parent / "shared" / "data"
+
+# --- a tiny protobuf encoder -------------------------------------------------------------------
+
+
+def _varint(v: int) -> bytes:
+    v &= (1 << 64) - 1
+    out = bytearray()
+    while True:
+        b = v & 0x7F
+        v >>= 7
+        if v:
+            out.append(b | 0x80)
+        else:
+            out.append(b)
+            return bytes(out)
+
+
+def _vf(num: int, v: int) -> bytes:
+    return _varint(num << 3) + _varint(v)
+
+
+def _ld(num: int, payload: bytes) -> bytes:
+    return _varint(num << 3 | 2) + _varint(len(payload)) + payload
+
+
+def _attr(name: str, value: Any) -> bytes:
+    body = _ld(1, name.encode())
+    if isinstance(value, bool):
+        body += _vf(27, int(value))
+    elif isinstance(value, int):
+        body += _vf(9, value)  # int64_val
+    else:
+        body += _ld(29, str(value).encode())
+    return _ld(10, body)
+
+
+def _node(
+    nid: int,
+    name: str,
+    ntype: int,
+    *,
+    data: tuple[int, ...] = (),
+    ctrl: tuple[int, ...] = (),
+    dur: int | None = None,
+    packed: bool = True,
+    inputs: str | None = None,
+    **attrs: Any,
+) -> bytes:
+    m = _vf(1, nid) + _ld(2, name.encode()) + _vf(3, ntype)
+    if ctrl:
+        m += _ld(4, b"".join(map(_varint, ctrl)))
+    if data:
+        m += _ld(5, b"".join(map(_varint, data))) if packed else b"".join(_vf(5, d) for d in data)
+    if dur is not None:
+        m += _vf(7, dur)
+    if inputs is not None:
+        m += _ld(8, _ld(1, inputs.encode()))
+    return m + b"".join(_attr(k, v) for k, v in attrs.items())
+
+
+def _et(nodes: list[bytes]) -> bytes:
+    meta = _ld(2, _ld(1, b"schema") + _ld(29, b"1.0.2-chakra.0.0.4"))
+    return b"".join(_varint(len(m)) + m for m in [meta, *nodes])
+
+
+def _rank_nodes(rank: int) -> list[bytes]:
+    peer = 1 - rank
+    p2p = (
+        _node(400, "send", 5, data=(300,), comm_dst=peer, comm_size=4096, is_cpu_op=False, tid=9)
+        if rank == 0
+        else _node(400, "recv", 6, data=(300,), comm_src=peer, comm_size=4096, is_cpu_op=False, tid=9)
+    )
+    return [
+        _node(1, "pg", 1, inputs='[{"pg_name": "0", "ranks": [0, 1]}]'),
+        _node(200, "sm90_xmma_gemm", 4, dur=300, num_ops=10**12, is_cpu_op=False, tid=7),
+        _node(250, "marker", 1, data=(200,)),  # a dropped node in the middle of the chain
+        _node(
+            300,
+            "ncclKernel_AllReduce",
+            7,
+            data=(250,),
+            packed=False,
+            dur=1000,
+            comm_type=0,
+            comm_size=1 << 20,
+            pg_name="0",
+            is_cpu_op=False,
+            tid=8,
+        ),
+        p2p,
+        # 100000 is not in the file (ctrl_deps: a parent outside the trace)
+        _node(500, "elementwise", 4, data=(400, 300), ctrl=(100000,), dur=2, is_cpu_op=False, tid=7),
+    ]
+
+
+def _ops(trace: tracesim.Trace) -> pl.DataFrame:
+    ops = trace.ops
+    return ops if isinstance(ops, pl.DataFrame) else pl.from_arrow(ops)  # type: ignore[return-value]
+
+
+def test_synthetic_two_ranks(tmp_path: Path) -> None:
+    (tmp_path / "syn.0.et").write_bytes(_et(_rank_nodes(0)))
+    (tmp_path / "syn.1.et").write_bytes(gzip.compress(_et(_rank_nodes(1))))
+    trace, report = ingest_chakra([tmp_path / "syn"])  # a prefix
+    assert report.formats == ["protobuf", "protobuf"] and report.source_ranks == [0, 1]
+    assert report.nodes == 12 and report.nodes_by_type["METADATA_NODE"] == 4
+    assert report.unmapped["METADATA_NODE (dropped; deps reconnected)"] == 4
+    assert report.collectives_matched == 2 and report.p2p_matched == 1
+    assert report.deps_reconnected == 2  # 300 → 250 (dropped) → 200, on both ranks
+    assert not report.collective_problems
+    ops = _ops(trace)
+    assert ops.height == 8
+    r0 = ops.filter(pl.col("rank") == 0).sort("op_id")
+    assert r0["kind"].to_list() == ["compute", "collective", "send", "compute"]
+    assert r0["duration_ns"].to_list() == [300_000, 1_000_000, None, 2_000]
+    assert r0["flops"][0] == 1e12 and r0["category"][0] == "gemm"
+    ids = r0["op_id"].to_list()
+    assert r0["deps"].to_list() == [[], [ids[0]], [ids[1]], [ids[2], ids[1]]]
+    coll = ops.filter(pl.col("kind") == "collective")
+    assert coll["coll"].to_list() == ["all_reduce"] * 2 and coll["comm_bytes"].to_list() == [1 << 20] * 2
+    assert coll["coll_seq"].to_list() == [0, 0]
+    recv = ops.filter(pl.col("kind") == "recv")
+    assert recv["peer"].to_list() == [0] and recv["comm_bytes"].to_list() == [4096]
+    res = tracesim.simulate(trace, "dgx-h100", compute_model="measured")
+    assert res.summary["makespan_ns"] >= 300_000 + 1_000_000 + 2_000
+
+    # One rank alone: its collective and its send have no peer; kept as communication, counted.
+    trace1, rep1 = ingest_chakra([tmp_path / "syn.0.et"])
+    assert rep1.collective_problems == Counter(
+        {
+            "collective without its peer ranks (their files absent)": 1,
+            "send whose peer rank's file is absent": 1,
+        }
+    )
+    k1 = _ops(trace1).sort("op_id")
+    assert k1["kind"].to_list() == ["compute"] * 4
+    assert k1["category"].to_list()[1:3] == ["communication", "communication"]
+
+
+def test_bad_input_names_file_and_offset(tmp_path: Path) -> None:
+    ok = _et(_rank_nodes(0))
+    cases = {
+        "trunc.0.et": ok + b"\x85",  # a record length whose varint never ends
+        "cut.0.et": ok[:-3],  # the last record is cut short
+        "garbage.0.et": b"\x07garbage and more",  # 'g' = field 12, wire type 7
+    }
+    for name, raw in cases.items():
+        (tmp_path / name).write_bytes(raw)
+        with pytest.raises(TraceError, match=r"byte offset \d+") as e:
+            ingest_chakra([tmp_path / name])
+        assert name in str(e.value)
+    with pytest.raises(TraceError, match=rf"byte offset {len(ok)}: truncated varint"):
+        ingest_chakra([tmp_path / "trunc.0.et"])
+    (tmp_path / "bad.0.et").write_bytes(gzip.compress(ok)[:-8])
+    with pytest.raises(TraceError, match="gzip"):
+        ingest_chakra([tmp_path / "bad.0.et"])
+    r = run_cli("ingest", "chakra", tmp_path / "garbage.0.et", "--out", tmp_path / "o")
+    assert r.returncode == 1 and "garbage.0.et: byte offset" in r.stderr
+
+
+# --- real traces -------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def chakra_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    if not DATA.is_dir():
+        pytest.skip("../shared/data not present: real traces are outside the repo")
+    out = tmp_path_factory.mktemp("chakra")
+    for name in ("feeder_tests_trace.tar.gz", "json_trace.tar.gz", "1.0.2-chakra.0.0.4.tgz"):
+        with tarfile.open(DATA / "chakra" / "tests" / "data" / name) as tf:
+            tf.extractall(out, filter="data")
+    return out
+
+
+def test_real_protobuf_and_json_agree(chakra_dir: Path) -> None:
+    pb, rpb = ingest_chakra([chakra_dir / "tests" / "data" / "chakra.0.et"])
+    js, rjs = ingest_chakra([chakra_dir / "jsonData" / "chakra.0.json"])
+    for rep in (rpb, rjs):
+        assert rep.nodes == 3664
+        assert rep.nodes_by_type == Counter({"COMP_NODE": 3643, "COMM_COLL_NODE": 21})
+        assert sum(rep.collective_problems.values()) == 21  # one rank: no collective has its peers
+        assert rep.deps == 181_878 and rep.deps_outside_file == 0
+    # 14 CPU-side c10d ops have no comm_type; the 7 NCCL kernels have one, but no peers here
+    assert rpb.collective_problems["collective without its peer ranks (single file, group unknown)"] == 7
+    a, b = _ops(pb).sort("op_id"), _ops(js).sort("op_id")
+    assert a.height == b.height == 3664
+    # The JSON rendering has mangled names (void → voId) and no tid: same graph otherwise.
+    assert a["name"].str.to_lowercase().to_list() == b["name"].str.to_lowercase().to_list()
+    for col in ("kind", "category", "duration_ns", "deps"):
+        assert a[col].to_list() == b[col].to_list(), col
+    assert Counter(a["kind"].to_list()) == Counter({"host": 2448, "compute": 1216})
+    dur = dict(zip(a["op_id"].to_list(), a["duration_ns"].fill_null(0).to_list(), strict=True))
+    finish: dict[int, int] = {}
+    for oid, deps in zip(a["op_id"].to_list(), a["deps"].to_list(), strict=True):
+        finish[oid] = max((finish[d] for d in deps), default=0) + dur[oid]
+    res = tracesim.simulate(pb, "dgx-h100", compute_model="measured")
+    span = res.summary["makespan_ns"]
+    assert max(finish.values()) <= span <= sum(dur.values())
+
+
+def test_real_pytorch_et(chakra_dir: Path) -> None:
+    files = [chakra_dir / "1.0.2-chakra.0.0.4.json"]
+    inputs = DATA / "param" / "et_replay" / "tests" / "inputs"
+    files += sorted(inputs.rglob("*_et.json.gz"))
+    expected = {"1.0.2-chakra.0.0.4.json": 263, "linear_et.json.gz": 931, "resnet_et.json.gz": 14392}
+    expected["resnet_2gpu_et.json.gz"] = 14392
+    assert {f.name for f in files} == set(expected)
+    for f in files:
+        trace, rep = ingest_pytorch_et([f])
+        assert rep.nodes == expected[f.name] and rep.source_ranks == [0]
+        ops = _ops(trace)
+        comms = ops.filter(pl.col("category") == "communication")
+        n_comm = {"1.0.2-chakra.0.0.4.json": 10, "linear_et.json.gz": 0}.get(f.name, 21)
+        assert comms.height == n_comm == sum(rep.collective_problems.values())
+        assert ops.height + sum(rep.unmapped.values()) <= rep.nodes
+        tracesim.simulate(trace, "dgx-h100", compute_model="measured")
+    r = run_cli("ingest", "pytorch-et", files[0], "--out", chakra_dir / "et_out")
+    assert r.returncode == 0, r.stderr
+    assert "collective without its peer ranks" in r.stdout
+
+
+def test_cli_chakra(chakra_dir: Path, tmp_path: Path) -> None:
+    r = run_cli("ingest", "chakra", chakra_dir / "tests" / "data" / "chakra", "--out", tmp_path / "t")
+    assert r.returncode == 0, r.stderr
+    assert "3,664 ops on 1 ranks" in r.stdout and "COMP_NODE 3,643" in r.stdout
+    trace = tracesim.read_trace(tmp_path / "t")
+    assert trace.num_ops == 3664
