@@ -8,6 +8,7 @@ file, the column and, where one is at fault, the op_id.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Literal, get_args
 
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -18,7 +19,7 @@ FORMAT_NAME = "tracesim-trace"
 FORMAT_VERSION = 1
 
 OP_KINDS = ("compute", "memory", "collective", "send", "recv", "host")
-CATEGORIES = (
+Category = Literal[
     "gemm",
     "attention",
     "elementwise",
@@ -29,11 +30,13 @@ CATEGORIES = (
     "communication",
     "copy",
     "other",
-)
-DTYPES = ("fp32", "tf32", "bf16", "fp16", "fp8", "fp4", "int8")
+]
+CATEGORIES: tuple[str, ...] = get_args(Category)
+Dtype = Literal["fp32", "tf32", "bf16", "fp16", "fp8", "fp4", "int8"]
+DTYPES: tuple[str, ...] = get_args(Dtype)
 COLLECTIVES = ("all_reduce", "all_gather", "reduce_scatter", "all_to_all", "broadcast", "reduce", "barrier")
 PHASES = ("fwd", "bwd", "optim", "prefill", "decode")
-TENSOR_CLASSES = (
+TensorClass = Literal[
     "weight",
     "gradient",
     "optimizer_state",
@@ -42,7 +45,8 @@ TENSOR_CLASSES = (
     "workspace",
     "input",
     "other",
-)
+]
+TENSOR_CLASSES: tuple[str, ...] = get_args(TensorClass)
 ACCESS_MODES = ("read", "write")
 
 

@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -14,6 +12,7 @@ import polars as pl
 import pyarrow as pa
 
 from tracesim import _core
+from tracesim._atomic import atomic_directory
 from tracesim.exceptions import SystemConfigError, TraceError
 from tracesim.system import System, load_system, preset_names
 from tracesim.trace import Trace, read_trace
@@ -39,19 +38,11 @@ class Result:
         root = Path(path)
         if root.exists() and not overwrite:
             raise FileExistsError(f"{root}: already exists")
-        root.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=f".{root.name}.", dir=root.parent))
-        try:
+        with atomic_directory(root) as tmp:
             self.timeline.write_parquet(tmp / "timeline.parquet")
             if self.memory is not None:
                 self.memory.write_parquet(tmp / "memory.parquet")
             (tmp / "summary.json").write_text(json.dumps(self.summary, indent=2) + "\n")
-            if root.exists():
-                shutil.rmtree(root)
-            tmp.rename(root)
-        except BaseException:
-            shutil.rmtree(tmp, ignore_errors=True)
-            raise
         return root
 
 

@@ -14,11 +14,8 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from tracesim.exceptions import SystemConfigError
+from tracesim.format import Category, Dtype, TensorClass
 
-Dtype = Literal["fp32", "tf32", "bf16", "fp16", "fp8", "fp4", "int8"]
-TensorClass = Literal[
-    "weight", "gradient", "optimizer_state", "activation", "kv_cache", "workspace", "input", "other"
-]
 PRESET_KINDS = ("systems", "devices", "tiers")
 
 
@@ -44,20 +41,6 @@ class MemoryTier(_Strict):
 class MemoryEfficiency(_Strict):
     mem_max: float = Field(gt=0, le=1)
     mem_half_bytes: float = Field(default=0.0, ge=0)
-
-
-Category = Literal[
-    "gemm",
-    "attention",
-    "elementwise",
-    "reduction",
-    "norm",
-    "embedding",
-    "optimizer",
-    "communication",
-    "copy",
-    "other",
-]
 
 
 class Efficiency(_Strict):

@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -15,6 +13,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from tracesim import _core, format
+from tracesim._atomic import atomic_directory
 from tracesim.exceptions import TraceError
 
 TableLike = Any  # pyarrow.Table, polars.DataFrame, or a mapping of column name to values
@@ -235,9 +234,7 @@ def write_trace(trace: Trace, path: str | os.PathLike[str], *, overwrite: bool =
     root = Path(path)
     if root.exists() and not overwrite:
         raise TraceError(f"{root}: already exists (pass overwrite=True to replace it)")
-    root.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{root.name}.", dir=root.parent))
-    try:
+    with atomic_directory(root) as tmp:
         meta = {
             **trace.meta,
             "format": format.FORMAT_NAME,
@@ -253,10 +250,4 @@ def write_trace(trace: Trace, path: str | os.PathLike[str], *, overwrite: bool =
         ):
             if table is not None:
                 pq.write_table(format.conform(table, cols, name), tmp / f"{name}.parquet")
-        if root.exists():
-            shutil.rmtree(root)
-        tmp.rename(root)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return root

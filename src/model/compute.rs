@@ -162,20 +162,25 @@ impl ComputeModel for Roofline<'_> {
             }
             .op_time(ops, i, None);
         }
-        match self.estimate_ns(ops, i, memory) {
-            Some(ns) => OpTime {
-                ns: ns.round() as i64,
-                source: TimeSource::Model,
-            },
-            None => OpTime {
-                ns: 0,
-                source: TimeSource::Unknown,
-            },
-        }
+        modelled(self.estimate_ns(ops, i, memory))
     }
 
     fn uses_measured_comm(&self) -> bool {
         false
+    }
+}
+
+/// A model estimate as an op time; no estimate (no FLOPs or bytes) is zero, counted as unknown.
+fn modelled(estimate_ns: Option<f64>) -> OpTime {
+    match estimate_ns {
+        Some(ns) => OpTime {
+            ns: ns.round() as i64,
+            source: TimeSource::Model,
+        },
+        None => OpTime {
+            ns: 0,
+            source: TimeSource::Unknown,
+        },
     }
 }
 
@@ -199,16 +204,7 @@ impl ComputeModel for Measured<'_> {
                 ns: 0,
                 source: TimeSource::Unknown,
             },
-            None => match self.fallback.estimate_ns(ops, i, memory) {
-                Some(ns) => OpTime {
-                    ns: ns.round() as i64,
-                    source: TimeSource::Model,
-                },
-                None => OpTime {
-                    ns: 0,
-                    source: TimeSource::Unknown,
-                },
-            },
+            None => modelled(self.fallback.estimate_ns(ops, i, memory)),
         }
     }
 
