@@ -179,6 +179,9 @@ pub struct System {
     /// Peak FLOP/s by dtype index (last: unknown dtype), resolved once by [`System::from_json`].
     #[serde(skip)]
     peaks: [Option<f64>; 8],
+    /// `device.memory` in index order, for per-op lookups without walking the map.
+    #[serde(skip)]
+    tiers: Vec<MemoryTier>,
 }
 
 impl System {
@@ -186,6 +189,7 @@ impl System {
         let mut system: System = serde_json::from_str(json).map_err(|e| Error::Config(e.to_string()))?;
         system.check()?;
         system.primary = system.tier_index(&system.device.primary_memory).unwrap_or(0);
+        system.tiers = system.device.memory.values().cloned().collect();
         for (k, d) in Dtype::ALL.iter().enumerate() {
             system.peaks[k] = system.lookup_peak_flops(Some(*d));
         }
@@ -317,7 +321,7 @@ impl System {
     }
 
     pub fn primary_tier(&self) -> Option<&MemoryTier> {
-        self.device.memory.values().nth(self.primary as usize)
+        self.tiers.get(self.primary as usize)
     }
 
     /// Index of a tier in `device.memory` (name order).
@@ -335,9 +339,9 @@ impl System {
 
     /// The tier at an index from [`System::placement_of`]; indices always come from that map.
     pub fn tier(&self, tier: u8) -> &MemoryTier {
-        match self.device.memory.values().nth(tier as usize) {
+        match self.tiers.get(tier as usize) {
             Some(t) => t,
-            None => self.device.memory.values().next().unwrap_or_else(|| unreachable_tier()),
+            None => self.tiers.first().unwrap_or_else(|| unreachable_tier()),
         }
     }
 
