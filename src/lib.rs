@@ -40,6 +40,8 @@ pub struct Outcome {
     pub summary: Summary,
     /// Occupancy changes of every (rank, tier), in replay order, when the trace has tensors.
     pub memory_events: Vec<memory::MemoryEvent>,
+    /// Bytes each rank sent on its scale-up and scale-out links.
+    pub links: summary::LinkTraffic,
     pub compute_model: &'static str,
     pub network_model: &'static str,
 }
@@ -97,6 +99,7 @@ pub fn simulate_with_memory(
     let schedule = engine::replay(trace, &graph, &models, state.as_mut())?;
     let (energy_j, energy) = summary::op_energy(trace, &graph, system, network.as_ref(), state.as_ref());
     let mut summary = summary::summarize(trace, system, &schedule, energy, Vec::new());
+    let links = summary::link_traffic(trace, &graph, system, network.as_ref());
     let mut memory_events = Vec::new();
     if let Some(state) = state {
         summary::add_memory(&mut summary, trace, system, &state);
@@ -106,6 +109,7 @@ pub fn simulate_with_memory(
         schedule,
         energy_j,
         memory_events,
+        links,
         summary,
         compute_model: compute.name(),
         network_model: network.name(),

@@ -130,6 +130,48 @@ pub fn op_energy(
     (energy, total)
 }
 
+/// Traffic of every link (two per rank: scale-up and scale-out) over the replay.
+#[derive(Debug, Clone, Default)]
+pub struct LinkTraffic {
+    /// Bytes sent, indexed by rank × 2 + level.
+    pub bytes: Vec<f64>,
+}
+
+/// Bytes each rank sends on its scale-up and scale-out links, from every collective instance
+/// and send/recv pair.
+pub fn link_traffic(trace: &Trace, graph: &Graph, system: &System, network: &dyn NetworkModel) -> LinkTraffic {
+    use crate::model::network::{SCALE_OUT, SCALE_UP};
+    let ops = &trace.ops;
+    let rdv = &graph.rendezvous;
+    let mut bytes = vec![0.0; trace.ranks as usize * 2];
+    let mut buf = Vec::new();
+    for c in 0..rdv.len() {
+        let first = rdv.members_of(c)[0] as usize;
+        let n = ops.comm_bytes(first).unwrap_or(0);
+        if rdv.group[c] == NONE {
+            let (src, dst) = (ops.rank.value(first), ops.peer(first).unwrap_or(0));
+            let (src, dst) = if ops.kind[first] == OpKind::Send {
+                (src, dst)
+            } else {
+                (dst, src)
+            };
+            let level = if system.node_of(src) == system.node_of(dst) {
+                SCALE_UP
+            } else {
+                SCALE_OUT
+            };
+            bytes[src as usize * 2 + level as usize] += n as f64;
+        } else {
+            let ranks = &trace.groups[rdv.group[c] as usize].ranks;
+            network.collective_link_bytes(ops.coll(first).unwrap_or(CollKind::Barrier), n, ranks, &mut buf);
+            for &(r, level, b) in &buf {
+                bytes[r as usize * 2 + level as usize] += b;
+            }
+        }
+    }
+    LinkTraffic { bytes }
+}
+
 /// (tier, bytes read, bytes written) of a compute or memory op: from its accesses and the
 /// tiers their tensors live in when known, else its bytes_read/bytes_written on the primary tier.
 fn op_traffic(

@@ -28,6 +28,7 @@ class Result:
     timeline: pl.DataFrame
     summary: dict[str, Any]
     memory: pl.DataFrame | None = None  # time_ns, rank, tier, used_bytes: occupancy over time
+    links: pl.DataFrame | None = None  # rank, link, bytes, busy_ns, utilisation, energy_j
 
     @property
     def makespan_ns(self) -> int:
@@ -42,6 +43,8 @@ class Result:
             self.timeline.write_parquet(tmp / "timeline.parquet")
             if self.memory is not None:
                 self.memory.write_parquet(tmp / "memory.parquet")
+            if self.links is not None:
+                self.links.write_parquet(tmp / "links.parquet")
             (tmp / "summary.json").write_text(json.dumps(self.summary, indent=2) + "\n")
         return root
 
@@ -49,10 +52,12 @@ class Result:
 def read_result(path: str | os.PathLike[str]) -> Result:
     root = Path(path)
     memory = root / "memory.parquet"
+    links = root / "links.parquet"
     return Result(
         timeline=pl.read_parquet(root / "timeline.parquet"),
         summary=json.loads((root / "summary.json").read_text()),
         memory=pl.read_parquet(memory) if memory.exists() else None,
+        links=pl.read_parquet(links) if links.exists() else None,
     )
 
 
@@ -127,7 +132,7 @@ def simulate(
     if trace.groups is None and trace.num_ops:
         trace.validate()  # names the missing groups.parquet when there are collectives
     try:
-        batch, memory_batch, summary_json, compute_name, network_name = _core.simulate(
+        batch, memory_batch, links_batch, summary_json, compute_name, network_name = _core.simulate(
             trace.ops,
             trace.groups,
             trace.tensors,
@@ -146,6 +151,17 @@ def simulate(
     timeline = pl.DataFrame(pa.Table.from_batches([batch]))
     memory = pl.DataFrame(pa.Table.from_batches([memory_batch])) if trace.tensors is not None else None
     summary: dict[str, Any] = json.loads(summary_json)
+    links = pl.DataFrame(pa.Table.from_batches([links_batch]))
+    summary["network"] = {
+        level: {
+            "bytes": float(part["bytes"].sum()),
+            "energy_j": float(part["energy_j"].sum()),
+            "max_utilisation": float(part["utilisation"].max() or 0.0),
+            "mean_utilisation": float(part["utilisation"].mean() or 0.0),
+        }
+        for level in ("scale_up", "scale_out")
+        for part in [links.filter(pl.col("link") == level)]
+    }
     if system.device.static_power_w == 0:
         warnings.append(f"device {system.device.name} has no static_power_w; energy excludes static power")
     summary["warnings"] = summary.get("warnings", []) + warnings
@@ -155,4 +171,4 @@ def simulate(
     summary["source_system"] = None if source is None else source.name
     path = None if trace.path is None else str(trace.path.resolve())
     summary["trace"] = {"path": path, "ranks": trace.ranks}
-    return Result(timeline=timeline, summary=summary, memory=memory)
+    return Result(timeline=timeline, summary=summary, memory=memory, links=links)

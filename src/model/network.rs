@@ -12,7 +12,13 @@ pub trait NetworkModel: Send + Sync {
     /// Energy in joules that one participant spends on the wire for this collective.
     fn collective_energy_j(&self, coll: CollKind, bytes: u64, ranks: &[u32]) -> f64;
     fn p2p_energy_j(&self, bytes: u64, src: u32, dst: u32) -> f64;
+    /// Bytes each participant puts on its links for one collective: (rank, level, bytes), where
+    /// level 0 is the rank's scale-up link and 1 its scale-out link (NIC).
+    fn collective_link_bytes(&self, coll: CollKind, bytes: u64, ranks: &[u32], out: &mut Vec<(u32, u8, f64)>);
 }
+
+pub const SCALE_UP: u8 = 0;
+pub const SCALE_OUT: u8 = 1;
 
 /// Ring α-β model on a single switch per level: ranks within one node use the scale-up
 /// link, groups that span nodes are bound by the scale-out link (hardware.md §3.2). With
@@ -82,5 +88,24 @@ impl NetworkModel for AnalyticalNetwork<'_> {
 
     fn p2p_energy_j(&self, bytes: u64, src: u32, dst: u32) -> f64 {
         bytes as f64 * 8.0 * self.link(&[src, dst]).energy_pj_per_bit * 1e-12
+    }
+
+    /// Ring order over the group's ranks as listed: each rank sends to the next one, over its
+    /// NIC when the next rank is on another node, else over its scale-up link.
+    fn collective_link_bytes(&self, coll: CollKind, bytes: u64, ranks: &[u32], out: &mut Vec<(u32, u8, f64)>) {
+        out.clear();
+        if ranks.len() < 2 {
+            return;
+        }
+        let (_, wire) = Self::ring_cost(coll, bytes, ranks.len());
+        for (k, &r) in ranks.iter().enumerate() {
+            let next = ranks[(k + 1) % ranks.len()];
+            let level = if self.system.node_of(r) == self.system.node_of(next) {
+                SCALE_UP
+            } else {
+                SCALE_OUT
+            };
+            out.push((r, level, wire));
+        }
     }
 }

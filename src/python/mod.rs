@@ -44,8 +44,15 @@ fn validate(py: Python<'_>, ops: PyTable, groups: Option<PyTable>, ranks: u32) -
     .map_err(errors::to_py)
 }
 
-/// (timeline, memory events, summary JSON, compute model name, network model name).
-type SimulateOutput<'py> = (Bound<'py, PyAny>, Bound<'py, PyAny>, String, String, String);
+/// (timeline, memory events, links, summary JSON, compute model name, network model name).
+type SimulateOutput<'py> = (
+    Bound<'py, PyAny>,
+    Bound<'py, PyAny>,
+    Bound<'py, PyAny>,
+    String,
+    String,
+    String,
+);
 
 /// Replays a trace; returns (timeline, memory events, summary JSON, compute model, network model).
 #[pyfunction]
@@ -70,7 +77,7 @@ fn simulate<'py>(
         compute: ComputeMode::parse(compute_model).map_err(errors::to_py)?,
         network: network.to_owned(),
     };
-    let (batch, memory, summary, cm, nm) = py
+    let (batch, memory, links, summary, cm, nm) = py
         .detach(move || -> crate::Result<_> {
             let system = System::from_json(&system_json)?;
             let source = source_json.as_deref().map(System::from_json).transpose()?;
@@ -86,13 +93,15 @@ fn simulate<'py>(
                 crate::simulate_with_memory(&trace, plan.as_ref(), &system, source.as_ref(), &options, allow_oom)?;
             let summary = serde_json::to_string(&out.summary).map_err(|e| crate::Error::Config(e.to_string()))?;
             let memory = memory_batch(&system, &out.memory_events)?;
+            let links = links_batch(&system, &out.links, out.summary.makespan_ns)?;
             let batch = timeline_batch(&trace, out.schedule, out.energy_j)?;
-            Ok((batch, memory, summary, out.compute_model, out.network_model))
+            Ok((batch, memory, links, summary, out.compute_model, out.network_model))
         })
         .map_err(errors::to_py)?;
     Ok((
         PyRecordBatch::new(batch).into_pyarrow(py)?,
         PyRecordBatch::new(memory).into_pyarrow(py)?,
+        PyRecordBatch::new(links).into_pyarrow(py)?,
         summary,
         cm.to_owned(),
         nm.to_owned(),
@@ -153,6 +162,55 @@ fn memory_batch(system: &System, events: &[crate::memory::MemoryEvent]) -> crate
         ],
     )
     .map_err(|e| crate::Error::Config(format!("building the memory table: {e}")))
+}
+
+/// links.parquet: per rank, what it sent on its scale-up and scale-out links.
+fn links_batch(system: &System, links: &crate::summary::LinkTraffic, makespan_ns: i64) -> crate::Result<RecordBatch> {
+    let n = links.bytes.len();
+    let level = |k: usize| {
+        if k % 2 == 0 {
+            &system.network.scale_up
+        } else {
+            &system.network.scale_out
+        }
+    };
+    let busy: Vec<i64> = (0..n)
+        .map(|k| (links.bytes[k] / level(k).bw_bytes * 1e9).round() as i64)
+        .collect();
+    let schema = Schema::new(vec![
+        Field::new("rank", DataType::UInt32, false),
+        Field::new("link", DataType::Utf8, false),
+        Field::new("bytes", DataType::Float64, false),
+        Field::new("busy_ns", DataType::Int64, false),
+        Field::new("utilisation", DataType::Float64, false),
+        Field::new("energy_j", DataType::Float64, false),
+    ]);
+    RecordBatch::try_new(
+        Arc::new(schema),
+        vec![
+            Arc::new(UInt32Array::from_iter_values((0..n).map(|k| (k / 2) as u32))),
+            Arc::new(StringArray::from_iter_values((0..n).map(|k| {
+                if k % 2 == 0 {
+                    "scale_up"
+                } else {
+                    "scale_out"
+                }
+            }))),
+            Arc::new(Float64Array::from(links.bytes.clone())),
+            Arc::new(Int64Array::from_iter_values(busy.iter().copied())),
+            Arc::new(Float64Array::from_iter_values(busy.iter().map(|&b| {
+                if makespan_ns > 0 {
+                    b as f64 / makespan_ns as f64
+                } else {
+                    0.0
+                }
+            }))),
+            Arc::new(Float64Array::from_iter_values(
+                (0..n).map(|k| links.bytes[k] * 8.0 * level(k).energy_pj_per_bit * 1e-12),
+            )),
+        ],
+    )
+    .map_err(|e| crate::Error::Config(format!("building the links table: {e}")))
 }
 
 /// The timeline table (DESIGN.md §5); schedule vectors become Arrow buffers without a copy.

@@ -105,3 +105,27 @@ def test_two_node_allreduce_is_bound_by_scale_out() -> None:
     comm_one = one_node.summary["ranks"][0]["comm_ns"]
     # Ring all-reduce of 32 MiB over 16 ranks: 2·15/16·32 MiB at 50 GB/s vs 450 GB/s, per layer.
     assert comm_two > 5 * comm_one
+
+
+def test_links_carry_the_ring_bytes() -> None:
+    """dp2: each layer's 32 MiB all-reduce over 2 ranks puts 2·(1/2)·32 MiB on each rank's
+    scale-up link; 4 layers. Nothing crosses nodes."""
+    result = tracesim.simulate(TRACES / "dp2_allreduce", "dgx-h100")
+    assert result.links is not None
+    per_rank = 4 * (2 * 0.5 * 4096 * 4096 * 2)
+    up = result.links.filter(result.links["link"] == "scale_up")
+    assert up["bytes"].to_list() == [per_rank, per_rank]
+    assert result.links.filter(result.links["link"] == "scale_out")["bytes"].sum() == 0
+    busy = up["busy_ns"][0]
+    assert busy == round(per_rank / 450e9 * 1e9)
+    assert result.summary["network"]["scale_up"]["max_utilisation"] == pytest.approx(
+        busy / result.makespan_ns
+    )
+
+
+def test_ring_crosses_nodes_at_two_ranks() -> None:
+    """dp16 on two DGX nodes: in ring order 0..15 only ranks 7 and 15 send to the other node."""
+    result = tracesim.simulate(TRACES / "dp16_two_nodes", "dgx-h100")
+    assert result.links is not None
+    out = result.links.filter((result.links["link"] == "scale_out") & (result.links["bytes"] > 0))
+    assert out["rank"].to_list() == [7, 15]
