@@ -152,16 +152,13 @@ def simulate(
     memory = pl.DataFrame(pa.Table.from_batches([memory_batch])) if trace.tensors is not None else None
     summary: dict[str, Any] = json.loads(summary_json)
     links = pl.DataFrame(pa.Table.from_batches([links_batch]))
-    summary["network"] = {
-        level: {
-            "bytes": float(part["bytes"].sum()),
-            "energy_j": float(part["energy_j"].sum()),
-            "max_utilisation": float(part["utilisation"].max() or 0.0),
-            "mean_utilisation": float(part["utilisation"].mean() or 0.0),
-        }
-        for level in ("scale_up", "scale_out")
-        for part in [links.filter(pl.col("link") == level)]
-    }
+    per_level = links.group_by("link").agg(
+        pl.col("bytes").sum(),
+        pl.col("energy_j").sum(),
+        pl.col("utilisation").max().alias("max_utilisation"),
+        pl.col("utilisation").mean().alias("mean_utilisation"),
+    )
+    summary["network"] = {row.pop("link"): row for row in per_level.sort("link", descending=True).to_dicts()}
     if system.device.static_power_w == 0:
         warnings.append(f"device {system.device.name} has no static_power_w; energy excludes static power")
     summary["warnings"] = summary.get("warnings", []) + warnings
