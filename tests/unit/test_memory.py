@@ -176,3 +176,13 @@ def test_energy_is_additive_over_ops() -> None:
     breakdown = s["energy_breakdown_j"]
     assert per_op == pytest.approx(breakdown["compute"] + breakdown["memory"] + breakdown["network"])
     assert s["energy_j"] == pytest.approx(per_op + breakdown["static"])
+
+
+def test_placement_is_deterministic(tmp_path: Path) -> None:
+    system = _system(tmp_path, '\n[placement]\nactivation = ["hbm", "mrm"]\n')
+    trace = _trace([(70, "activation", 0, 1), (50, "activation", 0, 1), (40, "weight", None, None)])
+    a = tracesim.simulate(trace, system, compute_model="measured")
+    b = tracesim.simulate(trace, system, compute_model="measured")
+    assert a.memory is not None and b.memory is not None
+    assert a.memory.equals(b.memory)
+    assert a.summary["ranks"] == b.summary["ranks"]
