@@ -370,20 +370,29 @@ impl System {
     }
 
     fn lookup_peak_flops(&self, dtype: Option<Dtype>) -> Option<f64> {
-        let peaks = &self.device.peak_flops;
-        dtype
-            .and_then(|d| peaks.get(d.as_str()))
-            .or_else(|| peaks.get("fp32"))
-            .copied()
-            .or_else(|| peaks.values().copied().reduce(f64::min))
+        by_dtype(&self.device.peak_flops, dtype).or_else(|| self.device.peak_flops.values().copied().reduce(f64::min))
     }
 
     pub fn energy_pj_per_flop(&self, dtype: Option<Dtype>) -> f64 {
-        let e = &self.device.energy_pj_per_flop;
-        dtype
-            .and_then(|d| e.get(d.as_str()))
-            .or_else(|| e.get("fp32"))
-            .copied()
-            .unwrap_or(0.0)
+        by_dtype(&self.device.energy_pj_per_flop, dtype).unwrap_or(0.0)
     }
+}
+
+/// A per-dtype value; a dtype the device lacks runs in the nearest wider type it has (fp8 on an
+/// A100 runs as bf16, as frameworks fall back), then in fp32.
+fn by_dtype(values: &BTreeMap<String, f64>, dtype: Option<Dtype>) -> Option<f64> {
+    let chain: &[&str] = match dtype {
+        Some(Dtype::Fp4) => &["fp4", "fp8", "bf16", "fp16"],
+        Some(Dtype::Fp8) => &["fp8", "bf16", "fp16"],
+        Some(Dtype::Int8) => &["int8", "fp8", "bf16", "fp16"],
+        Some(Dtype::Bf16) => &["bf16", "fp16"],
+        Some(Dtype::Fp16) => &["fp16", "bf16"],
+        Some(Dtype::Tf32) => &["tf32"],
+        Some(Dtype::Fp32) | None => &[],
+    };
+    chain
+        .iter()
+        .find_map(|d| values.get(*d))
+        .or_else(|| values.get("fp32"))
+        .copied()
 }

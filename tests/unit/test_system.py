@@ -187,3 +187,17 @@ def test_nccl_model_small_all_reduce_uses_ll() -> None:
 def test_bad_nccl_arch_is_a_clear_error() -> None:
     with pytest.raises(tracesim.SystemConfigError, match=r"network\.nccl\.arch"):
         tracesim.load_system("dgx-h100", overrides=["network.nccl.arch=kepler"])
+
+
+def test_missing_dtype_falls_back_to_the_nearest_wider_one() -> None:
+    """fp8 on an A100 (no fp8 peak) runs as bf16: 312e12 FLOP at 312 TFLOP/s on a plain roofline."""
+    plain = tracesim.load_system(
+        "dgx-a100",
+        overrides=[
+            "device.launch_overhead_ns=0",
+            "device.efficiency.gemm_max=1",
+            "device.efficiency.gemm_half_flops=0",
+        ],
+    )
+    op = _one_op(kind="compute", dtype="fp8", flops=312e12)
+    assert tracesim.op_times(op, plain).to_pylist() == [1_000_000_000]
