@@ -134,7 +134,7 @@ def systems() -> None:
 
 @app.command()
 def validate(trace: Annotated[Path, typer.Argument(help="trace directory")]) -> None:
-    """Check a trace against the format (DESIGN.md §2)."""
+    """Check a trace against the trace format (docs/trace-format.md)."""
     t = read_trace(trace)
     console.print(f"{trace}: valid, {t.ranks} ranks, {t.num_ops:,} ops")
 
@@ -315,6 +315,15 @@ def ingest_pytorch_et_cmd(
     console.print(f"[bold]{out}[/bold]: {trace.num_ops:,} ops on {trace.ranks} ranks", highlight=False)
     for line in report.lines():
         console.print("  " + line, highlight=False, markup=False)
+
+
+from tracesim.cli import report as _report  # noqa: E402
+
+_report.register(app)
+
+from tracesim.cli import sweep as _sweep  # noqa: E402
+
+_sweep.register(app)
 
 
 def main() -> None:
