@@ -10,6 +10,7 @@ from typing import Any
 
 import pyarrow as pa
 import pyarrow.compute as pc
+import pyarrow.dataset as ds
 import pyarrow.parquet as pq
 
 from tracesim import _core, format
@@ -171,9 +172,14 @@ class Trace:
                 )
 
 
+# Batches as large as Arrow allows: a table then has one chunk per Parquet row group, and the
+# engine reads a single-chunk column without copying it (write_trace writes one row group).
+_WHOLE_ROW_GROUPS = 2**31 - 1
+
+
 def _read_parquet(path: Path, columns: dict[str, format.Column]) -> pa.Table:
     try:
-        table = pq.read_table(path)
+        table = ds.dataset(path, format="parquet").to_table(batch_size=_WHOLE_ROW_GROUPS)
     except (pa.ArrowException, OSError) as e:
         raise TraceError(f"{path}: not a readable Parquet file: {e}") from None
     return format.conform(table, columns, str(path))
@@ -242,7 +248,8 @@ def write_trace(trace: Trace, path: str | os.PathLike[str], *, overwrite: bool =
             "ranks": trace.ranks,
         }
         (tmp / "trace.json").write_text(json.dumps(meta, indent=2) + "\n")
-        pq.write_table(format.conform(trace.ops, format.OPS, "ops"), tmp / "ops.parquet")
+        ops = format.conform(trace.ops, format.OPS, "ops")
+        pq.write_table(ops, tmp / "ops.parquet", row_group_size=max(1, ops.num_rows))
         for name, table, cols in (
             ("groups", trace.groups, format.GROUPS),
             ("tensors", trace.tensors, format.TENSORS),
