@@ -1,7 +1,7 @@
 """tracesim: replay AI training and inference traces on hardware that does not exist yet."""
 
 from tracesim._core import __version__
-from tracesim.analysis import breakdown, category_summary, compare
+from tracesim.analysis import breakdown, category_summary, compare, critical_path, critical_path_summary
 from tracesim.exceptions import SimulationError, SystemConfigError, TraceError, TracesimError
 from tracesim.simulate import Result, op_times, read_result, simulate
 from tracesim.system import System, load_system
@@ -19,6 +19,8 @@ __all__ = [
     "breakdown",
     "category_summary",
     "compare",
+    "critical_path",
+    "critical_path_summary",
     "load_system",
     "op_times",
     "read_result",

@@ -1,5 +1,5 @@
 """Tables over replay results (Polars): where each rank's time went, which kernels took it,
-and several scenarios side by side."""
+which ops and ranks bound the step (the critical path), and several scenarios side by side."""
 
 from __future__ import annotations
 
@@ -7,18 +7,25 @@ import os
 from collections.abc import Sequence
 from typing import Any
 
+import numpy as np
 import polars as pl
 
+from tracesim.exceptions import TracesimError
 from tracesim.simulate import Result, read_result
 from tracesim.trace import Trace, read_trace
 
 ResultLike = Result | str | os.PathLike[str]
+TraceLike = Trace | str | os.PathLike[str]
 
 _RANK_COLUMNS = ("end_ns", "compute_ns", "comm_ns", "exposed_comm_ns", "wait_ns", "idle_ns", "ops")
 
 
 def _result(result: ResultLike) -> Result:
     return result if isinstance(result, Result) else read_result(result)
+
+
+def _trace(trace: TraceLike) -> Trace:
+    return trace if isinstance(trace, Trace) else read_trace(trace, validate=False)
 
 
 def breakdown(result: ResultLike) -> pl.DataFrame:
@@ -51,7 +58,7 @@ def category_summary(result: ResultLike, trace: Trace | str | os.PathLike[str]) 
     time (total_ns over the sum of all op durations, so the shares add up to 1) and energy_j,
     largest first. Waits inside collectives and send/recv count as their ops' time."""
     res = _result(result)
-    tr = trace if isinstance(trace, Trace) else read_trace(trace, validate=False)
+    tr = _trace(trace)
     names = tr.ops.column_names
     ops = pl.from_arrow(tr.ops.select(["op_id", "kind", *(["category"] if "category" in names else [])]))
     assert isinstance(ops, pl.DataFrame)
@@ -114,3 +121,217 @@ def compare(*results: ResultLike, names: Sequence[str] | None = None) -> pl.Data
         "mean_exposed_comm_ns": pl.Float64,
     }
     return pl.DataFrame(rows, schema=schema)
+
+
+# ---------------------------------------------------------------------------------------------
+# Critical path
+
+CRITICAL_PATH_SCHEMA: dict[str, pl.DataType] = {
+    "op_id": pl.UInt64(),
+    "rank": pl.UInt32(),
+    "stream": pl.UInt32(),
+    "name": pl.String(),
+    "kind": pl.String(),
+    "category": pl.String(),
+    "start_ns": pl.Int64(),
+    "end_ns": pl.Int64(),
+    "duration": pl.Int64(),
+    "reason": pl.String(),
+    "via_op_id": pl.UInt64(),
+}
+
+_STREAM, _DEP = 0, 1  # binding edge kinds; stream wins a tie with a dep
+
+
+def _ops_frame(tr: Trace) -> pl.DataFrame:
+    """The trace columns the critical path needs; optional ones absent from the trace are null."""
+    wanted = ("category", "deps", "group_id", "coll_seq", "peer", "p2p_seq")
+    names = tr.ops.column_names
+    ops = pl.from_arrow(
+        tr.ops.select(["op_id", "name", "kind", *(c for c in wanted if c in names)]), rechunk=True
+    )
+    assert isinstance(ops, pl.DataFrame)
+    types: dict[str, pl.DataType] = {
+        "category": pl.String(),
+        "deps": pl.List(pl.UInt64),
+        "group_id": pl.UInt32(),
+        "coll_seq": pl.UInt64(),
+        "peer": pl.UInt32(),
+        "p2p_seq": pl.UInt64(),
+    }
+    return ops.with_columns(pl.lit(None, dtype=types[c]).alias(c) for c in wanted if c not in names)
+
+
+def _binding_predecessors(graph: pl.DataFrame) -> pl.DataFrame:
+    """Per op with predecessors (op_id, pred, edge): the stream predecessor or dep that ended
+    last, i.e. the one whose end is the op's ready time; a stream predecessor wins a tie."""
+    stream = (
+        graph.sort("rank", "stream", "op_id")
+        .select("op_id", pl.col("op_id").shift(1).over("rank", "stream").alias("pred"))
+        .drop_nulls("pred")
+        .with_columns(pl.lit(_STREAM, dtype=pl.Int8).alias("edge"))
+    )
+    deps = (
+        graph.select("op_id", pl.col("deps").alias("pred"))
+        .explode("pred")
+        .drop_nulls("pred")
+        .with_columns(pl.lit(_DEP, dtype=pl.Int8).alias("edge"))
+    )
+    ends = graph.select(pl.col("op_id").alias("pred"), pl.col("end_ns").alias("pred_end"))
+    return (
+        pl.concat([stream, deps])
+        .join(ends, on="pred", how="inner")
+        .sort(["op_id", "pred_end", "edge", "pred"], descending=[False, True, False, False])
+        .group_by("op_id", maintain_order=True)
+        .first()
+        .select("op_id", "pred", "edge")
+    )
+
+
+def _last_arrivals(graph: pl.DataFrame) -> pl.DataFrame:
+    """Per collective, send and recv op (op_id, last): the participant of its rendezvous that
+    became ready last (itself when it is among the last), whose arrival started the transfer."""
+    coll = graph.filter(pl.col("kind") == "collective").select(
+        "op_id",
+        "ready_ns",
+        pl.lit("c").alias("tag"),
+        pl.col("group_id").cast(pl.Int64).alias("k0"),
+        pl.lit(None, dtype=pl.Int64).alias("k1"),
+        pl.col("coll_seq").cast(pl.Int64).alias("k2"),
+    )
+    send = pl.col("kind") == "send"
+    p2p = graph.filter(pl.col("kind").is_in(["send", "recv"])).select(
+        "op_id",
+        "ready_ns",
+        pl.lit("p").alias("tag"),
+        pl.when(send).then(pl.col("rank")).otherwise(pl.col("peer")).cast(pl.Int64).alias("k0"),
+        pl.when(send).then(pl.col("peer")).otherwise(pl.col("rank")).cast(pl.Int64).alias("k1"),
+        pl.col("p2p_seq").cast(pl.Int64).alias("k2"),
+    )
+    members = pl.concat([coll, p2p])
+    keys = ["tag", "k0", "k1", "k2"]
+    latest = (
+        members.sort(["ready_ns", "op_id"], descending=[True, False])
+        .group_by(keys, maintain_order=True)
+        .agg(pl.col("op_id").first().alias("latest"), pl.col("ready_ns").first().alias("latest_ready"))
+    )
+    return members.join(latest, on=keys, how="left", nulls_equal=True).select(
+        "op_id",
+        pl.when(pl.col("ready_ns") >= pl.col("latest_ready"))
+        .then(pl.col("op_id"))
+        .otherwise(pl.col("latest"))
+        .alias("last"),
+    )
+
+
+def critical_path(result: ResultLike, trace: TraceLike) -> pl.DataFrame:
+    """The chain of ops that bounds the step, in time order: walking back from the op that ends
+    last, each op's binding predecessor is its stream predecessor or dep that ended last (its
+    end is the op's start; the stream predecessor wins a tie), until time 0. A collective or
+    send/recv is bound by the participant that arrived last: the path goes on through that
+    participant's own predecessors, and shows that participant's op, whose run (from its
+    arrival to the common end) is the transfer.
+
+    Columns: op_id, rank, stream, name, kind, category, start_ns, end_ns, duration (end − start),
+    reason and via_op_id. `reason` says how the op holds up the next op on the path: `stream`
+    (the next op follows it on its rank and stream), `dep` (the next op lists it in its deps),
+    `waited-for-rank N` (it is rank N's op of a collective or send/recv whose op on the next
+    op's rank, `via_op_id`, is that op's stream predecessor or dep, and rank N arrived last),
+    or `end` for the last op. `via_op_id` is the op the next op waited for (null on the last
+    row). Consecutive ops satisfy end ≤ next start; with start = ready, as in the replay, the
+    path covers [start of the replay, makespan] without gaps.
+
+    Predecessors are found with Polars joins over the whole trace; the Python loop only walks
+    the path."""
+    res = _result(result)
+    tr = _trace(trace)
+    timeline = res.timeline.select("op_id", "rank", "stream", "start_ns", "end_ns", "ready_ns")
+    if timeline.height == 0:
+        return pl.DataFrame(schema=CRITICAL_PATH_SCHEMA)
+    graph = timeline.join(_ops_frame(tr), on="op_id", how="left")
+    if graph["kind"].null_count():
+        missing = graph.filter(pl.col("kind").is_null())["op_id"][0]
+        raise TracesimError(
+            f"critical_path: op_id {missing} of the result is not in the trace "
+            f"{tr.path or ''}; pass the trace the result was replayed from".replace(" ;", ";")
+        )
+    graph = (
+        graph.join(_binding_predecessors(graph), on="op_id", how="left")
+        .join(_last_arrivals(graph), on="op_id", how="left")
+        .with_columns(pl.col("last").fill_null(pl.col("op_id")))
+        .sort("op_id")
+    )
+
+    op_ids = graph["op_id"].to_numpy()
+    pred = graph["pred"].fill_null(0).to_numpy()
+    has_pred = graph["pred"].is_not_null().to_numpy()
+    edge = graph["edge"].fill_null(_STREAM).to_numpy()
+    last = graph["last"].to_numpy()
+    rank = graph["rank"].to_numpy()
+    start = graph["start_ns"].to_numpy()
+    t0 = int(graph["start_ns"].min())  # type: ignore[arg-type]
+
+    def index(op_id: int) -> int:
+        return int(np.searchsorted(op_ids, op_id))
+
+    # The op that ends last (lowest op_id on a tie), as its rendezvous' last arrival.
+    first_end = graph.select(pl.col("op_id").sort_by("end_ns", "op_id", descending=[True, False]).first())
+    i = index(int(last[index(int(first_end.item()))]))
+    steps: list[tuple[int, str, int | None]] = [(i, "end", None)]
+    for _ in range(graph.height):
+        if start[i] <= t0 or not has_pred[i]:
+            break
+        p = index(int(pred[i]))
+        m = index(int(last[p]))
+        edge_name = "stream" if edge[i] == _STREAM else "dep"
+        reason = edge_name if m == p else f"waited-for-rank {int(rank[m])}"
+        steps.append((m, reason, int(op_ids[p])))
+        i = m
+    steps.reverse()
+
+    rows = pl.DataFrame(
+        {
+            "_row": [s[0] for s in steps],
+            "reason": [s[1] for s in steps],
+            "via_op_id": [s[2] for s in steps],
+        },
+        schema={"_row": pl.UInt32, "reason": pl.String, "via_op_id": pl.UInt64},
+    )
+    picked = graph.with_row_index("_row").join(rows, on="_row", how="inner", maintain_order="right")
+    return picked.select(
+        "op_id",
+        "rank",
+        "stream",
+        "name",
+        "kind",
+        pl.col("category").cast(pl.String),
+        "start_ns",
+        "end_ns",
+        (pl.col("end_ns") - pl.col("start_ns")).alias("duration"),
+        "reason",
+        "via_op_id",
+    ).cast(CRITICAL_PATH_SCHEMA)  # type: ignore[arg-type]
+
+
+def critical_path_summary(
+    path: pl.DataFrame | ResultLike,
+    trace: TraceLike | None = None,
+    *,
+    by: str | Sequence[str] = ("kind", "category"),
+) -> pl.DataFrame:
+    """Time on the critical path grouped by `by` (default kind and category; `by="rank"`: which
+    ranks bound the step): ops, total_ns (sum of their durations) and share of the path's span
+    (first start to last end, the makespan), largest first. `path` is what critical_path returns,
+    or a result, then with its `trace`."""
+    if not isinstance(path, pl.DataFrame):
+        if trace is None:
+            raise TypeError("critical_path_summary: pass the trace along with a result")
+        path = critical_path(path, trace)
+    keys = [by] if isinstance(by, str) else list(by)
+    span = path.select(pl.col("end_ns").max() - pl.col("start_ns").min()).item() if path.height else 0
+    return (
+        path.group_by(keys)
+        .agg(pl.len().cast(pl.Int64).alias("ops"), pl.col("duration").sum().alias("total_ns"))
+        .with_columns((pl.col("total_ns") / span if span else pl.lit(None, dtype=pl.Float64)).alias("share"))
+        .sort(["total_ns", *keys], descending=[True, *([False] * len(keys))], nulls_last=True)
+    )

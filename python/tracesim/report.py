@@ -6,7 +6,8 @@ so no global backend is changed) embedded as base64 data URIs, styles inline, no
 - A result directory (timeline.parquet + summary.json, optionally memory.parquet): a timeline of
   the first ranks (ops coloured by kind when the replayed trace is found, else by stream),
   per-rank breakdown bars, memory per tier over time, and tables (summary, per-rank breakdown,
-  kernel categories, memory tiers, warnings).
+  kernel categories, the critical path's top contributors when the trace is found, memory
+  tiers, warnings).
 - A sweep directory (results.parquet: one row per variant with id, status, makespan_ns,
   energy_j, mfu and one column per swept parameter): makespan and energy against each swept
   numeric parameter, and the results table.
@@ -26,7 +27,7 @@ from typing import Any
 import polars as pl
 from matplotlib.figure import Figure
 
-from tracesim.analysis import breakdown, category_summary
+from tracesim.analysis import breakdown, category_summary, critical_path, critical_path_summary
 from tracesim.exceptions import TracesimError
 from tracesim.simulate import Result, read_result
 from tracesim.trace import Trace, read_trace
@@ -34,6 +35,7 @@ from tracesim.trace import Trace, read_trace
 TIMELINE_RANKS = 8  # ranks drawn in the timeline and the memory figure
 TIMELINE_MAX_OPS = 50_000  # beyond this, the timeline shows a window from the start
 TABLE_MAX_ROWS = 200  # rows of a table written into the HTML
+CRITICAL_PATH_TOP = 10  # rows of each critical-path contributor table
 
 # Columns of results.parquet that are not swept parameters: the outcome columns `tracesim sweep`
 # writes (tracesim.sweep.RESULT_COLUMNS) and a few names kept free for them.
@@ -415,6 +417,9 @@ def _result_report(root: Path) -> tuple[str, list[str]]:
             _section("categories", "Kernel categories", _note(f"Not available: {why_not or mismatch}."))
         )
 
+    if trace is not None and by_kind and result.timeline.height:
+        body.append(_critical_path_section(result, trace))
+
     if result.memory is not None and result.memory.height:
         fig = _memory_figure(result.memory, s, shown)
         more = f" (first {len(shown)} of {len(all_ranks)} ranks)" if len(all_ranks) > len(shown) else ""
@@ -442,6 +447,54 @@ def _result_report(root: Path) -> tuple[str, list[str]]:
     items = "".join(f'<li class="warn">{html.escape(str(w))}</li>' for w in warnings)
     body.append(_section("warnings", "Warnings", f"<ul>{items}</ul>" if warnings else _note("None.")))
     return f"tracesim report: {root.name or root}", body
+
+
+def _critical_path_section(result: Result, trace: Trace) -> str:
+    """Which ops and ranks bound the step: the path's length and span, and its top contributors
+    by rank, by kind and category, and by op."""
+    path = critical_path(result, trace)
+    span = int(path["end_ns"][-1] - path["start_ns"][0]) if path.height else 0
+    ranks = path["rank"].n_unique()
+    waits = path.filter(pl.col("reason").str.starts_with("waited-for-rank")).height
+    intro = _note(
+        f"The chain of ops that bounds the step: {path.height:,} ops on {ranks:,} rank(s), "
+        f"{waits:,} collective or send/recv hand-off(s) to the rank that arrived last, covering "
+        f"{_ms(span)} of the {_ms(result.summary.get('makespan_ns'))} makespan. "
+        f"Top {CRITICAL_PATH_TOP} contributors."
+    )
+
+    def shares(df: pl.DataFrame) -> pl.DataFrame:
+        return df.with_columns(
+            (pl.col("total_ns") / 1e6).alias("total_ms"), (pl.col("share") * 100).alias("share_%")
+        )
+
+    by_rank = shares(critical_path_summary(path, by="rank")).select("rank", "ops", "total_ms", "share_%")
+    by_kind = shares(critical_path_summary(path)).select("kind", "category", "ops", "total_ms", "share_%")
+    top_ops = (
+        path.sort(["duration", "start_ns"], descending=[True, False])
+        .head(CRITICAL_PATH_TOP)
+        .select(
+            "op_id",
+            "rank",
+            "stream",
+            "name",
+            "kind",
+            (pl.col("start_ns") / 1e6).alias("start_ms"),
+            (pl.col("duration") / 1e6).alias("duration_ms"),
+            "reason",
+        )
+    )
+    return _section(
+        "critical-path",
+        "Critical path",
+        intro,
+        "<h3>By rank</h3>",
+        _frame_table(by_rank.head(CRITICAL_PATH_TOP)),
+        "<h3>By kind and category</h3>",
+        _frame_table(by_kind.head(CRITICAL_PATH_TOP), left=2),
+        "<h3>Longest ops on the path</h3>",
+        _frame_table(top_ops),
+    )
 
 
 # ---------------------------------------------------------------------------------------------

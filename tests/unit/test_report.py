@@ -120,6 +120,7 @@ def test_result_report_with_trace(dp2_dir: Path) -> None:
         "timeline",
         "breakdown",
         "categories",
+        "critical-path",
         "memory",
         "memory-tiers",
         "warnings",

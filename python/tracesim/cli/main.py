@@ -325,6 +325,10 @@ from tracesim.cli import sweep as _sweep  # noqa: E402
 
 _sweep.register(app)
 
+from tracesim.cli import synth as _synth  # noqa: E402
+
+_synth.register(app)
+
 
 def main() -> None:
     """Entry point: one line per error on stderr, non-zero exit."""

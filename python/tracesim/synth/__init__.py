@@ -1,0 +1,14 @@
+"""Trace synthesis from a model description and a parallelism plan (docs/synth.md)."""
+
+from tracesim.synth.models import ModelConfigError, ModelSpec, load_model, zoo_names
+from tracesim.synth.train import PlanError, analytic_flops, synth_train
+
+__all__ = [
+    "ModelConfigError",
+    "ModelSpec",
+    "PlanError",
+    "analytic_flops",
+    "load_model",
+    "synth_train",
+    "zoo_names",
+]
