@@ -8,10 +8,16 @@ no iteration). A trace without ProfilerStep annotations counts as one step: its 
 
     python benches/identity_kineto.py                  # every multi-kernel single-file trace
     python benches/identity_kineto.py FILE.json.gz ...
+    python benches/identity_kineto.py --roofline [FILE.json.gz ...]
+
+`--roofline`: roofline vs measured on the ops that got FLOPs/bytes from recorded shapes (see
+`roofline()`); the traces are those of TRACES plus the second trace_filter rank.
 """
 
 from __future__ import annotations
 
+import gzip
+import json
 import statistics
 import sys
 import time
@@ -60,11 +66,19 @@ class Row:
     replay_s: float
 
 
-def step_errors(trace: tracesim.Trace) -> dict[tuple[int, int | None], tuple[int, int]]:
-    """(rank, iteration) → (measured ns, simulated ns) of the GPU span of each step."""
+def step_errors(
+    trace: tracesim.Trace, system: str = "dgx-h100", compute_model: str = "measured"
+) -> dict[tuple[int, int | None], tuple[int, int]]:
+    """(rank, iteration) → (measured ns, simulated ns) of the GPU span of each step.
+
+    `compute_model="retime"` replays with `source_system=system`."""
     ops = pl.from_arrow(trace.ops)
     assert isinstance(ops, pl.DataFrame)
-    result = tracesim.simulate(trace, "dgx-h100", compute_model="measured")
+    if compute_model == "retime":
+        result = tracesim.simulate(trace, system, compute_model="retime", source_system=system)
+    else:
+        assert compute_model == "measured"
+        result = tracesim.simulate(trace, system, compute_model="measured")
     tl = result.timeline.select("op_id", "start_ns", "end_ns").rename(
         {"start_ns": "sim_start", "end_ns": "sim_end"}
     )
@@ -115,7 +129,147 @@ def identity(path: Path, label: str | None = None) -> list[Row]:
     return rows
 
 
+# GPU (deviceProperties name) → the preset of the system it was measured on. V100, RTX 2080 Ti,
+# MI250/MI300X and traces without deviceProperties have no preset: coverage only.
+PRESET_OF_GPU = {"A100": "dgx-a100", "H100": "dgx-h100", "H200": "dgx-h200", "B200": "dgx-b200"}
+ROOFLINE_EXTRA = ["hta/tests/data/trace_filter/sampled_rank-1.json.gz"]
+MEMORY_BOUND = ("elementwise", "norm", "reduction", "copy")
+
+
+def gpu_name(path: Path) -> str | None:
+    raw = path.read_bytes()
+    data = json.loads(gzip.decompress(raw) if raw[:2] == b"\x1f\x8b" else raw)
+    props = data.get("deviceProperties") if isinstance(data, dict) else None
+    if isinstance(props, list) and props and isinstance(props[0], dict):
+        return str(props[0].get("name", "")) or None
+    return None
+
+
+def preset_for(gpu: str | None) -> str | None:
+    for key, preset in PRESET_OF_GPU.items():
+        if gpu is not None and key in gpu:
+            return preset
+    return None
+
+
+@dataclass
+class RooflineRow:
+    trace: str
+    gpu: str | None
+    system: str | None  # None: no matching preset, coverage only
+    kernels: int  # GPU ops (kernels, copies, NCCL kernels)
+    costed: int  # of which got FLOPs and/or bytes
+    costed_time_share: float  # share of the GPU time (sum of durations) in costed ops
+    costed_compute_share: float  # the same without NCCL kernels (not costed: the network times them)
+    gemm: tuple[int, float, float] | None  # (n, median, p90) of measured / roofline, GEMM + conv + attention
+    memory: tuple[int, float, float] | None  # same for elementwise, norm, reduction, copy
+    retime_exact: tuple[int, int] | None  # (costed ops where op_times(retime) == measured, costed ops)
+    retime_step_err: tuple[float, float] | None  # (median, worst) step error, retime on the source system
+
+
+def _ratio_stats(df: pl.DataFrame) -> tuple[int, float, float] | None:
+    r = (df.get_column("duration_ns") / df.get_column("predicted")).drop_nulls().drop_nans().to_list()
+    if not r:
+        return None
+    return (
+        len(r),
+        statistics.median(r),
+        statistics.quantiles(r, n=10, method="inclusive")[-1] if len(r) > 1 else r[0],
+    )
+
+
+def roofline(path: Path, label: str | None = None) -> RooflineRow:
+    """Coverage of the recorded-shape costs and roofline / retime against the measured durations.
+
+    For each GPU op with costs: ratio = measured duration / `tracesim.op_times(trace, system,
+    compute_model="roofline")` on the preset of the GPU the trace was taken on; reported as the
+    median and p90 for GEMM-like ops (category gemm or attention with FLOPs) and for memory-bound
+    ones (elementwise, norm, reduction, copy). Then `retime` on its own system
+    (`source_system = system`) should give back the measured duration of every costed op
+    (`retime_exact`) and the measured step times (`retime_step_err`)."""
+    trace, _ = ingest_kineto([path])
+    ops = pl.from_arrow(trace.ops)
+    assert isinstance(ops, pl.DataFrame)
+    gpu_name_ = gpu_name(path)
+    system = preset_for(gpu_name_)
+    has_cost = (
+        pl.col("flops").is_not_null()
+        | pl.col("bytes_read").is_not_null()
+        | pl.col("bytes_written").is_not_null()
+    )
+    gpu = ops.with_row_index("row").filter(pl.col("kind") != "host")
+    costed = gpu.filter(has_cost)
+    total = int(gpu.get_column("duration_ns").sum())
+    share = int(costed.get_column("duration_ns").sum()) / total if total else 0.0
+    comp = int(gpu.filter(pl.col("category") != "communication").get_column("duration_ns").sum())
+    comp_share = int(costed.get_column("duration_ns").sum()) / comp if comp else 0.0
+    gemm = memory = None
+    exact = None
+    step = None
+    if system is not None:
+        pred = tracesim.op_times(trace, system, compute_model="roofline").to_pylist()
+        ret = tracesim.op_times(trace, system, compute_model="retime", source_system=system).to_pylist()
+        rows = costed.get_column("row").to_list()
+        c = costed.with_columns(
+            pl.Series("predicted", [pred[i] for i in rows], pl.Float64),
+            pl.Series("retimed", [ret[i] for i in rows], pl.Int64),
+        ).filter(pl.col("predicted") > 0)
+        gemm = _ratio_stats(
+            c.filter(pl.col("category").is_in(["gemm", "attention"]) & pl.col("flops").is_not_null())
+        )
+        memory = _ratio_stats(c.filter(pl.col("category").is_in(MEMORY_BOUND) | (pl.col("kind") == "memory")))
+        exact = (c.filter(pl.col("retimed") == pl.col("duration_ns")).height, c.height)
+        spans = step_errors(trace, system, "retime")
+        errs = [abs(s - m) / m for m, s in spans.values() if m > 0]
+        step = (statistics.median(errs), max(errs)) if errs else None
+    return RooflineRow(
+        label or path.name,
+        gpu_name_,
+        system,
+        gpu.height,
+        costed.height,
+        share,
+        comp_share,
+        gemm,
+        memory,
+        exact,
+        step,
+    )
+
+
+def _fmt(x: tuple[int, float, float] | None) -> str:
+    return "-" if x is None else f"{x[1]:.2f} / {x[2]:.2f} (n={x[0]})"
+
+
+def main_roofline(argv: list[str]) -> None:
+    paths = [Path(a) for a in argv] or [DATA / t for t in [*TRACES, *ROOFLINE_EXTRA]]
+    for p in paths:
+        label = str(p.relative_to(DATA)) if p.is_relative_to(DATA) else p.name
+        r = roofline(p, label)
+        retime = (
+            "-"
+            if r.retime_exact is None
+            else f"{r.retime_exact[0]}/{r.retime_exact[1]} ops exact"
+            + (
+                ""
+                if r.retime_step_err is None
+                else f", step err {r.retime_step_err[0] * 100:.2f}% / {r.retime_step_err[1] * 100:.2f}%"
+            )
+        )
+        print(
+            f"{label}\n    {r.gpu or 'GPU not recorded'} → {r.system or 'no preset'}; "
+            f"costed {r.costed}/{r.kernels} GPU ops, {r.costed_time_share * 100:.1f}% of GPU time "
+            f"({r.costed_compute_share * 100:.1f}% without NCCL); "
+            f"measured/roofline median/p90: GEMM {_fmt(r.gemm)}, memory-bound {_fmt(r.memory)}; "
+            f"retime: {retime}",
+            flush=True,
+        )
+
+
 def main(argv: list[str]) -> None:
+    if argv[:1] == ["--roofline"]:
+        main_roofline(argv[1:])
+        return
     paths = [Path(a) for a in argv] or [DATA / t for t in TRACES]
     print(f"{'trace':<58} {'rank':>4} {'steps':>5} {'step ms':>9} {'median err':>10} {'worst err':>9}")
     all_rows: list[Row] = []

@@ -19,6 +19,13 @@ One file per rank, plain or gzip. What becomes an op:
   measured time after that op.
 - `ProfilerStep#N` CPU annotations give the `iteration` (N) of every GPU op launched inside them.
 
+- Costs: a GPU kernel whose launch is in the trace gets `dtype`, `flops`, `bytes_read`,
+  `bytes_written` (and `gemm_m/n/k` for GEMMs and convolutions) from the innermost CPU operator
+  (`cpu_op`/`Operator`) with recorded shapes (`Input Dims`, `Input type`) that encloses the
+  launch on its thread; rules per operator in docs/ingest.md. An operator's cost goes to its
+  GEMM/conv/attention-looking kernel(s) by name, else is split evenly over its kernels. DtoD
+  copies and memsets get their `bytes`. Kernels without costs are counted in the report by reason.
+
 Everything else (CPU operators, Python functions, annotations, flows, metadata, instants) is
 counted by class in the `IngestReport`.
 
@@ -120,6 +127,10 @@ class IngestReport:
     inferred_stream_deps: int = 0  # cross-stream waits (cudaStreamWaitEvent) inferred from the timing
     orphan_gpu_ops: int = 0  # GPU ops whose launching runtime call is not in the trace
     unmapped: Counter[str] = field(default_factory=Counter)
+    costed: int = 0  # GPU ops that got FLOPs and/or bytes
+    split_kernels: int = 0  # of those, kernels that share their CPU op's cost evenly with others
+    uncosted: Counter[str] = field(default_factory=Counter)  # GPU ops without costs, by reason
+    uncosted_ops: Counter[str] = field(default_factory=Counter)  # CPU ops whose kernels got none
 
     @property
     def ranks(self) -> int:
@@ -147,6 +158,18 @@ class IngestReport:
         out.append(f"collectives matched across ranks: {self.collectives_matched:,}")
         for k, v in sorted(self.collective_problems.items()):
             out.append(f"  kept as compute/communication: {v:,} {k}")
+        out.append(
+            f"GPU ops with FLOPs/bytes from recorded shapes: {self.costed:,} "
+            f"({self.split_kernels:,} sharing their CPU op's cost evenly); "
+            f"without: {sum(self.uncosted.values()):,}"
+        )
+        for k, v in self.uncosted.most_common():
+            out.append(f"  {v:>9,}  {k}")
+        if self.uncosted_ops:
+            out.append(
+                "  CPU ops whose kernels got no cost: "
+                + ", ".join(f"{k} {v:,}" for k, v in self.uncosted_ops.most_common(8))
+            )
         total = sum(self.unmapped.values())
         out.append(f"events not mapped to ops: {total:,}")
         for k, v in self.unmapped.most_common():
@@ -183,6 +206,12 @@ class _Op:
     coll_seq: int | None = None
     group_id: int | None = None
     comm_problem: str | None = None
+    flops: float | None = None
+    bytes_read: int | None = None
+    bytes_written: int | None = None
+    gemm_m: int | None = None
+    gemm_n: int | None = None
+    gemm_k: int | None = None
 
 
 def _read_json(path: Path) -> Any:
@@ -313,6 +342,7 @@ class _File:
         self.gpu: list[_Ev] = []
         self.runtime: list[_Ev] = []
         self.comms_ops: list[_Ev] = []  # record_param_comms
+        self.cpu_ops: list[_Ev] = []  # CPU operators with recorded shapes, for costs
         self.steps: list[tuple[int, int, int]] = []  # (start, end, N)
         self.flows: dict[Any, dict[str, tuple[Any, Any, int]]] = defaultdict(dict)
         self.unmapped: Counter[str] = Counter()
@@ -360,6 +390,8 @@ class _File:
                     self.comms_ops.append(ev)
                     self.unmapped[f"{cat} record_param_comms (→ collective metadata)"] += 1
                     continue
+                if lc in CPU_OP_CATS and ("Input Dims" in ev.args or "Input dims" in ev.args):
+                    self.cpu_ops.append(ev)
                 self.unmapped[cat or "no cat"] += 1
         self.steps.sort()
 
@@ -549,6 +581,8 @@ def ingest_kineto(paths: Sequence[str | Path], *, time_unit: TimeUnit = "auto") 
                     iteration=it,
                 )
             gpu_ops.append(op)
+
+        _assign_costs(f, launcher, gpu_ops, report)
 
         # GPU ops of this rank by end time, for blocking calls.
         by_end = sorted(range(len(f.gpu)), key=lambda j: f.gpu[j].end)
@@ -746,7 +780,9 @@ def _build(ops: list[_Op], files: list[_File], groups_by_id: dict[int, tuple[str
         "name": [o.name for o in order],
         "kind": [o.kind for o in order],
         "category": [o.category for o in order],
-        "dtype": [o.dtype if o.kind == "collective" else None for o in order],
+        "dtype": [
+            o.dtype if o.kind == "collective" or o.category != "communication" else None for o in order
+        ],
         "duration_ns": [o.dur for o in order],
         "start_ns": [o.start for o in order],
         "deps": [[op_id[d] for d in o.deps] for o in order],
@@ -755,6 +791,14 @@ def _build(ops: list[_Op], files: list[_File], groups_by_id: dict[int, tuple[str
         "coll_seq": [o.coll_seq if o.kind == "collective" else None for o in order],
         "comm_bytes": [o.comm_bytes if o.kind == "collective" else None for o in order],
         "iteration": [o.iteration for o in order],
+    }
+    extra = {
+        "flops": pa.array([o.flops for o in order], pa.float64()),
+        "bytes_read": pa.array([o.bytes_read for o in order], pa.uint64()),
+        "bytes_written": pa.array([o.bytes_written for o in order], pa.uint64()),
+        "gemm_m": pa.array([o.gemm_m for o in order], pa.uint64()),
+        "gemm_n": pa.array([o.gemm_n for o in order], pa.uint64()),
+        "gemm_k": pa.array([o.gemm_k for o in order], pa.uint64()),
     }
     table = pa.table(
         {
@@ -773,6 +817,7 @@ def _build(ops: list[_Op], files: list[_File], groups_by_id: dict[int, tuple[str
             "coll_seq": pa.array(cols["coll_seq"], pa.uint64()),
             "comm_bytes": pa.array(cols["comm_bytes"], pa.uint64()),
             "iteration": pa.array(cols["iteration"], pa.uint32()),
+            **extra,
         }
     )
     used = sorted({o.group_id for o in coll_ops if o.group_id is not None})
@@ -794,3 +839,526 @@ def _build(ops: list[_Op], files: list[_File], groups_by_id: dict[int, tuple[str
         validate=True,
         source_ranks=[f.source_rank for f in files],
     )
+
+
+# ---------------------------------------------------------------------------------------------
+# Costs (FLOPs, bytes, dtype, GEMM shape) from the recorded shapes of the enclosing CPU operator.
+
+CPU_OP_CATS = {"cpu_op", "operator"}
+
+# Bytes per element and canonical dtype of PyTorch's "Input type" strings.
+ELEM_BYTES = {
+    "float": 4,
+    "double": 8,
+    "c10::Half": 2,
+    "c10::BFloat16": 2,
+    "long int": 8,
+    "long": 8,
+    "int": 4,
+    "short int": 2,
+    "short": 2,
+    "bool": 1,
+    "unsigned char": 1,
+    "signed char": 1,
+    "c10::complex<float>": 8,
+    "c10::complex<double>": 16,
+}
+# Tensor types are written lower case or c10::; capitalised ones (Int, Double, Bool, Scalar) are
+# Python scalars, not tensors.
+INPUT_DTYPE = {"float": "fp32", "c10::Half": "fp16", "c10::BFloat16": "bf16"}
+
+GEMM_OPS = {
+    "aten::mm",
+    "aten::addmm",
+    "aten::bmm",
+    "aten::baddbmm",
+    "aten::matmul",
+    "aten::linear",
+    "aten::_scaled_mm",
+    "aten::_addmm_activation",
+}
+CONV_FWD_OPS = {
+    "aten::convolution",
+    "aten::_convolution",
+    "aten::conv1d",
+    "aten::conv2d",
+    "aten::conv3d",
+    "aten::cudnn_convolution",
+    "aten::miopen_convolution",
+    "aten::cudnn_convolution_relu",
+    "aten::cudnn_convolution_add_relu",
+}
+# Ops whose Concrete Inputs hold (input, weight, bias, stride, padding, dilation, ...).
+CONV_STD_ORDER = {"aten::convolution", "aten::_convolution", "aten::conv1d", "aten::conv2d", "aten::conv3d"}
+ATTN_OPS = {
+    "aten::scaled_dot_product_attention",
+    "aten::_scaled_dot_product_flash_attention",
+    "aten::_scaled_dot_product_efficient_attention",
+    "aten::_scaled_dot_product_cudnn_attention",
+    "aten::_flash_attention_forward",
+    "aten::_efficient_attention_forward",
+}
+ATTN_BWD_OPS = {
+    "aten::_scaled_dot_product_flash_attention_backward",
+    "aten::_scaled_dot_product_efficient_attention_backward",
+    "aten::_scaled_dot_product_cudnn_attention_backward",
+    "aten::_flash_attention_backward",
+    "aten::_efficient_attention_backward",
+}
+NORM_WORDS = ("norm",)
+REDUCTION_OPS = {
+    "sum",
+    "mean",
+    "max",
+    "min",
+    "amax",
+    "amin",
+    "argmax",
+    "argmin",
+    "prod",
+    "var",
+    "std",
+    "var_mean",
+    "std_mean",
+    "all",
+    "any",
+    "norm",
+    "linalg_vector_norm",
+    "logsumexp",
+    "cumsum",
+    "softmax",
+    "_softmax",
+    "log_softmax",
+    "_log_softmax",
+    "_softmax_backward_data",
+    "_log_softmax_backward_data",
+    "nll_loss_forward",
+    "nll_loss_backward",
+    "nll_loss2d_forward",
+    "nll_loss2d_backward",
+}
+# Reductions whose output is not the size of their largest input (written bytes not counted).
+SHRINKING = {
+    "sum", "mean", "max", "min", "amax", "amin", "argmax", "argmin", "prod", "var", "std",
+    "var_mean", "std_mean", "all", "any", "norm", "linalg_vector_norm", "logsumexp",
+    "nll_loss_forward", "nll_loss2d_forward",
+}  # fmt: skip
+COPY_OPS = {"copy_", "_to_copy", "clone", "contiguous", "to", "_copy_from", "copy"}
+FILL_OPS = {"fill", "zero", "zeros", "ones", "full", "zeros_like", "ones_like", "full_like"}
+ELEMENTWISE_OPS = {
+    "add", "sub", "mul", "div", "rsub", "neg", "abs", "exp", "exp2", "expm1", "log", "log2", "log1p",
+    "sqrt", "rsqrt", "pow", "reciprocal", "sign", "sin", "cos", "tanh", "sigmoid", "relu", "relu6",
+    "gelu", "silu", "mish", "elu", "leaky_relu", "hardtanh", "hardswish", "hardsigmoid", "softplus",
+    "clamp", "clamp_min", "clamp_max", "clip", "threshold", "threshold_backward", "gelu_backward",
+    "silu_backward", "sigmoid_backward", "tanh_backward", "where", "masked_fill", "lerp", "addcmul",
+    "addcdiv", "floor", "ceil", "round", "trunc", "frac", "remainder", "fmod", "maximum", "minimum",
+    "eq", "ne", "lt", "le", "gt", "ge", "logical_and", "logical_or", "logical_not", "bitwise_and",
+    "bitwise_or", "bitwise_not", "native_dropout", "native_dropout_backward", "dropout", "bernoulli",
+    "uniform", "normal", "erf", "erfinv", "square", "hardtanh_backward", "leaky_relu_backward",
+    "elu_backward", "softplus_backward", "mse_loss", "mse_loss_backward", "nan_to_num", "sgn",
+    "masked_scale", "_masked_scale", "fused_dropout", "_fused_dropout", "mul_out",
+}  # fmt: skip
+HEAVY_RE = re.compile(
+    r"gemm|xmma|cutlass|cublas|wgmma|hmma|s884|s1688|s16816|conv|cudnn|dgrad|wgrad|fprop|"
+    r"implicit|winograd|fft|flash|fmha|attention|attn|sdpa|Kernel2|magma|cijk_|nn_v1|nt_v1|tn_v1|tt_v1",
+    re.IGNORECASE,
+)
+# Helper kernels of GEMM/conv ops whose names match HEAVY_RE through their template arguments.
+NOT_HEAVY_RE = re.compile(
+    r"splitkreduce|reduce_kernel|epilogue|memset|transpose|nchwtonhwc|nhwctonchw|elementwise", re.IGNORECASE
+)
+# fp32 GEMMs/convs that run on tensor cores in TF32.
+TF32_RE = re.compile(r"tf32|tensorop_s1688|tensorop_s16816|s1688gemm|s16816gemm", re.IGNORECASE)
+GEMM_LIKE_CATEGORIES = {"gemm", "attention"}
+
+
+@dataclass(slots=True)
+class _Cost:
+    category: str
+    dtype: str | None
+    flops: float | None
+    read: int
+    written: int
+    gemm: tuple[int, int, int] | None = None
+    heavy: bool = False  # GEMM/conv/attention: the cost belongs to the GEMM-looking kernel(s)
+
+
+@dataclass(slots=True)
+class _CpuOp:
+    ev: _Ev
+    parent: int | None  # index of the enclosing recorded CPU op
+
+
+def _tensors(args: dict[str, Any]) -> list[tuple[list[int], str]] | None:
+    """(shape, type) of each input of a CPU op; None when it has no recorded shapes."""
+    dims = args.get("Input Dims", args.get("Input dims"))
+    types = args.get("Input type", args.get("Input types"))
+    if not isinstance(dims, list):
+        return None
+    if not isinstance(types, list) or len(types) != len(dims):
+        types = [""] * len(dims)
+    out: list[tuple[list[int], str]] = []
+    for d, t in zip(dims, types, strict=True):
+        if isinstance(d, list) and all(isinstance(x, int) and not isinstance(x, bool) for x in d):
+            out.append((d, str(t)))
+        else:
+            out.append(([], ""))  # TensorList and the like: not read
+    return out
+
+
+def _numel(shape: list[int]) -> int:
+    n = 1
+    for x in shape:
+        n *= max(x, 0)
+    return n
+
+
+def _esize(t: str) -> int | None:
+    if t.startswith("c10::Float8"):
+        return 1
+    return ELEM_BYTES.get(t)
+
+
+def _dtype_of(t: str) -> str | None:
+    return "fp8" if t.startswith("c10::Float8") else INPUT_DTYPE.get(t)
+
+
+def _is_tensor(shape: list[int], t: str) -> bool:
+    return _esize(t) is not None
+
+
+def _tbytes(x: tuple[list[int], str]) -> int:
+    return _numel(x[0]) * (_esize(x[1]) or 0)
+
+
+def _concrete(args: dict[str, Any], i: int) -> Any:
+    """Input i of a CPU op's `Concrete Inputs` (newer PyTorch), parsed; None when absent."""
+    ci = args.get("Concrete Inputs")
+    if not isinstance(ci, list) or i >= len(ci) or not isinstance(ci[i], str):
+        return None
+    try:
+        return json.loads(ci[i].replace("True", "true").replace("False", "false"))
+    except json.JSONDecodeError:
+        return None
+
+
+def _concrete_list(args: dict[str, Any], i: int) -> list[int] | None:
+    v = _concrete(args, i)
+    if isinstance(v, int) and not isinstance(v, bool):
+        return [v]
+    if isinstance(v, list) and v and all(isinstance(x, int) and not isinstance(x, bool) for x in v):
+        return v
+    return None
+
+
+def _short(name: str) -> str:
+    base = name.split("::", 1)[1] if "::" in name else name
+    return base
+
+
+def _op_cost(ops: list[_CpuOp], k: int) -> _Cost | str:
+    """The cost of CPU op k (all its kernels together), or why there is none."""
+    ev = ops[k].ev
+    name = ev.name
+    ins = _tensors(ev.args)
+    if ins is None:
+        return "enclosing CPU op has no recorded shapes"
+    tens = [x for x in ins if _is_tensor(*x)]
+    if not tens:
+        return "enclosing CPU op has no tensor inputs of a known type"
+    dtype = _dtype_of(tens[0][1])
+    es = _esize(tens[0][1]) or 4
+    if name in GEMM_OPS:
+        return _gemm_cost(name, ins, dtype, es)
+    if name in CONV_FWD_OPS or "convolution_backward" in name:
+        return _conv_cost(ops, k, ins, dtype, es)
+    if name in ATTN_OPS or name in ATTN_BWD_OPS or name.startswith("flash_attn::"):
+        return _attn_cost(name, ins, dtype, es)
+    short = _short(name)
+    base = short[:-1] if short.endswith("_") and not short.endswith("__") else short
+    base = base.removesuffix(".out")
+    read = sum(_tbytes(x) for x in tens)
+    big = max(tens, key=lambda x: _numel(x[0]))
+    numel = _numel(big[0])
+    if base in COPY_OPS:
+        if short == "copy_" and len(tens) >= 2:  # copy_(dst, src): read src, write dst
+            return _Cost("copy", dtype, None, _tbytes(tens[1]), _tbytes(tens[0]))
+        return _Cost("copy", dtype, None, _tbytes(tens[0]), _tbytes(tens[0]))
+    if base in FILL_OPS:
+        return _Cost("elementwise", dtype, None, 0, _tbytes(big))
+    if any(w in base for w in NORM_WORDS) and base not in REDUCTION_OPS:
+        return _Cost("norm", dtype, float(numel), read, numel * es)
+    if base in REDUCTION_OPS:
+        written = 0 if base in SHRINKING else numel * es
+        return _Cost("reduction", dtype, float(numel), read, written)
+    if base in ELEMENTWISE_OPS:  # in place (add_): the output is the first input, written back
+        return _Cost("elementwise", dtype, float(numel), read, numel * es)
+    return "no cost rule for the enclosing CPU op"
+
+
+def _gemm_cost(name: str, ins: list[tuple[list[int], str]], dtype: str | None, es: int) -> _Cost | str:
+    shapes = [s for s, t in ins if _is_tensor(s, t) and s]
+    bias: list[int] | None = None
+    b = 1
+    if name in ("aten::addmm", "aten::_addmm_activation") and len(shapes) >= 3:
+        bias, a, w = shapes[0], shapes[1], shapes[2]
+        m, k, n = a[0], a[1], w[1]
+    elif name in ("aten::mm", "aten::_scaled_mm") and len(shapes) >= 2 and len(shapes[0]) == 2:
+        a, w = shapes[0], shapes[1]
+        m, k, n = a[0], a[1], w[-1]
+    elif name == "aten::bmm" and len(shapes) >= 2 and len(shapes[0]) == 3:
+        a, w = shapes[0], shapes[1]
+        b, m, k, n = a[0], a[1], a[2], w[2]
+    elif name == "aten::baddbmm" and len(shapes) >= 3 and len(shapes[1]) == 3:
+        bias, a, w = shapes[0], shapes[1], shapes[2]
+        b, m, k, n = a[0], a[1], a[2], w[2]
+    elif name == "aten::linear" and len(shapes) >= 2 and len(shapes[1]) == 2:
+        a, w = shapes[0], shapes[1]
+        m, k, n = _numel(a[:-1]), a[-1], w[0]
+        bias = shapes[2] if len(shapes) >= 3 else None
+    elif name == "aten::matmul" and len(shapes) >= 2 and shapes[0] and shapes[1]:
+        a, w = shapes[0], shapes[1]
+        if len(w) == 1:
+            m, k, n = _numel(a[:-1]), a[-1], 1
+        elif len(a) == 1:
+            m, k, n = 1, a[0], w[-1]
+        elif len(w) == 2:
+            m, k, n = _numel(a[:-1]), a[-1], w[-1]
+        else:
+            m, k, n = a[-2], a[-1], w[-1]
+            b = max(_numel(a[:-2]), _numel(w[:-2]))
+    else:
+        return "GEMM op with shapes it does not recognise"
+    if min(b, m, n, k) <= 0:
+        return "GEMM op with shapes it does not recognise"
+    flops = 2.0 * b * m * n * k  # the bias add (b·m·n) is not counted
+    read = (b * m * k + b * k * n + (_numel(bias) if bias is not None else 0)) * es
+    if name == "aten::_scaled_mm":
+        dtype = "fp8"
+    return _Cost("gemm", dtype, flops, read, b * m * n * es, gemm=(b * m, n, k), heavy=True)
+
+
+def _conv_out(size: int, r: int, stride: int, pad: int, dil: int) -> int:
+    return max((size + 2 * pad - dil * (r - 1) - 1) // stride + 1, 1)
+
+
+def _conv_cost(
+    ops: list[_CpuOp], k: int, ins: list[tuple[list[int], str]], dtype: str | None, es: int
+) -> _Cost | str:
+    name = ops[k].ev.name
+    shapes = [s for s, t in ins if _is_tensor(s, t)]
+    bad = "convolution op with shapes it does not recognise"
+    if "convolution_backward" in name:
+        # (grad_out, input, weight) for convolution_backward; (input, grad_out, weight) for
+        # cudnn/miopen_convolution_backward; backward_input: ([], grad_out, weight);
+        # backward_weight: ([], grad_out, input): its weight shape comes from the parent op.
+        if name.endswith(("backward_input", "backward_weight")):
+            parent = ops[k].parent
+            pev = ops[parent].ev if parent is not None else None
+            pins = _tensors(pev.args) if pev is not None else None
+            if pev is not None and pins is not None and "convolution_backward" in pev.name:
+                return _conv_bwd(pev.name, [s for s, t in pins if _is_tensor(s, t)], 1, dtype, es)
+            if name.endswith("backward_input") and len(shapes) >= 2:
+                g, w = shapes[0], shapes[1]
+                if len(g) >= 3 and len(w) == len(g):
+                    x = [g[0], w[1], *g[2:]]
+                    return _conv_flops(x, w, g, dtype, es, reads=[g, w], writes=[x])
+            return bad
+        mask = _concrete(ops[k].ev.args, 10) if name == "aten::convolution_backward" else None
+        grads = 2  # grad input and grad weight, unless the output mask says otherwise
+        if isinstance(mask, list) and len(mask) >= 2:
+            grads = int(mask[0] is True) + int(mask[1] is True)
+        return _conv_bwd(name, shapes, grads, dtype, es)
+    if len(shapes) < 2 or len(shapes[0]) < 3 or len(shapes[1]) != len(shapes[0]):
+        return bad
+    x, w = shapes[0], shapes[1]
+    stride = pad = dil = None
+    j: int | None = k
+    while j is not None:
+        if ops[j].ev.name in CONV_STD_ORDER:
+            stride = _concrete_list(ops[j].ev.args, 3)
+            pad = _concrete_list(ops[j].ev.args, 4)
+            dil = _concrete_list(ops[j].ev.args, 5)
+            break
+        j = ops[j].parent
+    nsp = len(x) - 2
+    if stride is not None and pad is not None:
+        d = dil or [1]
+        sp = [
+            _conv_out(
+                x[2 + i],
+                w[2 + i],
+                stride[min(i, len(stride) - 1)],
+                pad[min(i, len(pad) - 1)],
+                d[min(i, len(d) - 1)],
+            )
+            for i in range(nsp)
+        ]
+    else:
+        sp = list(x[2:])  # stride and padding not recorded: output the size of the input
+    y = [x[0], w[0], *sp]
+    return _conv_flops(x, w, y, dtype, es, reads=[x, w], writes=[y])
+
+
+def _conv_bwd(name: str, shapes: list[list[int]], grads: int, dtype: str | None, es: int) -> _Cost | str:
+    if len(shapes) < 3:
+        return "convolution op with shapes it does not recognise"
+    if name == "aten::convolution_backward":
+        g, x, w = shapes[0], shapes[1], shapes[2]
+    else:
+        x, g, w = shapes[0], shapes[1], shapes[2]
+    if not (len(g) == len(x) == len(w) >= 3):
+        return "convolution op with shapes it does not recognise"
+    c = _conv_flops(x, w, g, dtype, es, reads=[g, x, w], writes=[x, w])
+    if isinstance(c, _Cost) and c.flops is not None:
+        c.flops *= max(grads, 1)
+    return c
+
+
+def _conv_flops(
+    x: list[int],
+    w: list[int],
+    y: list[int],
+    dtype: str | None,
+    es: int,
+    *,
+    reads: list[list[int]],
+    writes: list[list[int]],
+) -> _Cost | str:
+    n, kk, cg = x[0], w[0], w[1]
+    rs = _numel(w[2:])
+    pq = _numel(y[2:])
+    if min(n, kk, cg, rs, pq) <= 0:
+        return "convolution op with shapes it does not recognise"
+    flops = 2.0 * n * kk * cg * rs * pq
+    # As an implicit GEMM: M = N·P·Q, N = K, K = C·R·S (per group).
+    return _Cost(
+        "gemm",
+        dtype,
+        flops,
+        sum(_numel(s) for s in reads) * es,
+        sum(_numel(s) for s in writes) * es,
+        gemm=(n * pq, kk, cg * rs),
+        heavy=True,
+    )
+
+
+def _attn_cost(name: str, ins: list[tuple[list[int], str]], dtype: str | None, es: int) -> _Cost | str:
+    shapes = [s for s, t in ins if _is_tensor(s, t)]
+    bwd = "backward" in name or "bwd" in name
+    qi = 1 if bwd and not name.startswith("flash_attn::") else 0  # SDPA backward: (grad_out, q, k, v, ...)
+    if name.startswith("flash_attn::") and bwd:
+        qi = 1  # (dout, q, k, v, out, ...)
+    if len(shapes) < qi + 3 or len(shapes[qi]) != 4 or len(shapes[qi + 1]) != 4:
+        return "attention op with shapes it does not recognise"
+    q, kk, v = shapes[qi], shapes[qi + 1], shapes[qi + 2]
+    if name.startswith("flash_attn::"):  # (B, S, H, D)
+        b, sq, h, d = q
+        sk = kk[1]
+    else:  # (B, H, S, D)
+        b, h, sq, d = q
+        sk = kk[2]
+    flops = 4.0 * b * h * sq * sk * d * (2.5 if bwd else 1.0)
+    io = (_numel(q) + _numel(kk) + _numel(v)) * es
+    out = _numel(q) * es
+    if bwd:
+        return _Cost("attention", dtype, flops, io + 2 * out, io, heavy=True)
+    return _Cost("attention", dtype, flops, io, out, heavy=True)
+
+
+def _innermost_ops(f: _File) -> tuple[list[_CpuOp], dict[int, int]]:
+    """Recorded CPU ops (with their enclosing op) and runtime call index → innermost enclosing one."""
+    by_thread: dict[Any, list[_Ev]] = defaultdict(list)
+    for ev in f.cpu_ops:
+        by_thread[ev.thread].append(ev)
+    rt_by_thread: dict[Any, list[int]] = defaultdict(list)
+    for i, ev in enumerate(f.runtime):
+        rt_by_thread[ev.thread].append(i)
+    ops: list[_CpuOp] = []
+    out: dict[int, int] = {}
+    for thread, evs in by_thread.items():
+        evs.sort(key=lambda e: (e.ts, -e.end))
+        calls = sorted(rt_by_thread.get(thread, []), key=lambda i: f.runtime[i].ts)
+        stack: list[int] = []
+        p = 0
+        for i in calls:
+            t = f.runtime[i].ts
+            while p < len(evs) and evs[p].ts <= t:
+                ev = evs[p]
+                while stack and ops[stack[-1]].ev.end < ev.ts:
+                    stack.pop()
+                ops.append(_CpuOp(ev, stack[-1] if stack else None))
+                stack.append(len(ops) - 1)
+                p += 1
+            while stack and ops[stack[-1]].ev.end < t:
+                stack.pop()
+            if stack:
+                out[i] = stack[-1]
+    return ops, out
+
+
+def _assign_costs(f: _File, launcher: dict[int, int], gpu_ops: list[_Op], report: IngestReport) -> None:
+    """Fills flops/bytes/dtype/gemm shape/category of this file's GPU ops (see the module doc)."""
+    cpu, inner = _innermost_ops(f) if f.cpu_ops else ([], {})
+    groups: dict[int, list[int]] = defaultdict(list)
+    miss = report.uncosted
+    for j, ev in enumerate(f.gpu):
+        op = gpu_ops[j]
+        if op.category == "communication":
+            miss["NCCL kernel (timed by the network model)"] += 1
+            continue
+        if op.kind == "memory":
+            nbytes = _as_int(ev.args.get("bytes"))
+            low = ev.name.lower()
+            if nbytes is None or nbytes <= 0:
+                miss["copy/memset without a byte count"] += 1
+            elif "memset" in low:
+                op.bytes_read, op.bytes_written = 0, nbytes
+                report.costed += 1
+            elif "dtod" in low or "device -> device" in low:
+                op.bytes_read, op.bytes_written = nbytes, nbytes
+                report.costed += 1
+            else:
+                miss["host↔device copy (no PCIe in the roofline)"] += 1
+            continue
+        li = launcher.get(j)
+        if li is None:
+            miss["launch not in trace"] += 1
+            continue
+        k = inner.get(li)
+        if k is None:
+            miss["no enclosing CPU op with recorded shapes"] += 1
+            continue
+        groups[k].append(j)
+    for k, js in groups.items():
+        cost = _op_cost(cpu, k)
+        if isinstance(cost, str):
+            miss[cost] += len(js)
+            report.uncosted_ops[cpu[k].ev.name] += len(js)
+            continue
+        targets = js
+        if cost.heavy:
+            heavy = [
+                j for j in js if HEAVY_RE.search(f.gpu[j].name) and not NOT_HEAVY_RE.search(f.gpu[j].name)
+            ]
+            if heavy:
+                targets = heavy
+                miss["extra kernel of a GEMM/conv/attention op (cost on its main kernel)"] += len(js) - len(
+                    heavy
+                )
+        if len(targets) > 1:
+            report.split_kernels += len(targets)
+        n = len(targets)
+        for j in targets:
+            op = gpu_ops[j]
+            op.flops = None if cost.flops is None else cost.flops / n
+            op.bytes_read = cost.read // n
+            op.bytes_written = cost.written // n
+            op.dtype = cost.dtype
+            if cost.dtype == "fp32" and cost.heavy and TF32_RE.search(f.gpu[j].name):
+                op.dtype = "tf32"
+            if cost.gemm is not None and n == 1:
+                op.gemm_m, op.gemm_n, op.gemm_k = cost.gemm
+            if cost.heavy or op.category not in GEMM_LIKE_CATEGORIES:
+                op.category = cost.category
+            report.costed += 1
