@@ -509,6 +509,39 @@ fn parse_enum_chunk<T: Copy>(
         for (i, s) in a.iter().enumerate() {
             push(i, s)?;
         }
+    } else if let Some(dict) = array.as_any_dictionary_opt() {
+        // Dictionary-encoded strings (how Parquet stores them): parse each distinct value once.
+        let values = dict.values();
+        let Some(strings) = values.as_string_opt::<i32>() else {
+            return Err(Error::ops(
+                name,
+                None,
+                format!("has type {}, expected string", array.data_type()),
+            ));
+        };
+        let parsed: Vec<Option<T>> = strings.iter().map(|v| v.and_then(parse)).collect();
+        let keys = dict.normalized_keys();
+        for (i, &k) in keys.iter().enumerate() {
+            if array.is_null(i) {
+                out.push(None);
+                continue;
+            }
+            match parsed.get(k).copied().flatten() {
+                Some(v) => out.push(Some(v)),
+                None => {
+                    let s = if k < strings.len() && strings.is_valid(k) {
+                        strings.value(k)
+                    } else {
+                        ""
+                    };
+                    return Err(Error::ops(
+                        name,
+                        Some(op_id.value(offset + i)),
+                        format!("unknown value {s:?}; expected one of: {}", allowed()),
+                    ));
+                }
+            }
+        }
     } else {
         return Err(Error::ops(
             name,

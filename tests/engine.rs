@@ -331,3 +331,45 @@ proptest! {
         prop_assert!(after <= base);
     }
 }
+
+#[test]
+fn dictionary_encoded_enum_columns_are_read() {
+    use arrow_array::types::Int32Type;
+    use arrow_array::DictionaryArray;
+    let kinds: DictionaryArray<Int32Type> = vec!["compute", "compute", "host"].into_iter().collect();
+    let batch = RecordBatch::try_from_iter(vec![
+        ("op_id", Arc::new(UInt64Array::from(vec![0u64, 1, 2])) as ArrayRef),
+        ("rank", Arc::new(UInt32Array::from(vec![0u32, 0, 0])) as ArrayRef),
+        ("stream", Arc::new(UInt32Array::from(vec![0u32, 0, 1])) as ArrayRef),
+        ("name", Arc::new(StringArray::from(vec!["a", "b", "c"])) as ArrayRef),
+        ("kind", Arc::new(kinds) as ArrayRef),
+        ("duration_ns", Arc::new(Int64Array::from(vec![5i64, 7, 3])) as ArrayRef),
+    ])
+    .expect("batch");
+    let t = Trace {
+        ranks: 1,
+        ops: Ops::from_batches(&[batch]).expect("ops"),
+        groups: vec![],
+    };
+    assert_eq!(t.ops.kind[2], _core::trace::OpKind::Host);
+    let out = run(&t).expect("replay");
+    assert_eq!(out.schedule.end_ns, vec![5, 12, 3]);
+
+    let bad: DictionaryArray<Int32Type> = vec!["compute", "kernel"].into_iter().collect();
+    let batch = RecordBatch::try_from_iter(vec![
+        ("op_id", Arc::new(UInt64Array::from(vec![0u64, 9])) as ArrayRef),
+        ("rank", Arc::new(UInt32Array::from(vec![0u32, 0])) as ArrayRef),
+        ("stream", Arc::new(UInt32Array::from(vec![0u32, 0])) as ArrayRef),
+        ("name", Arc::new(StringArray::from(vec!["a", "b"])) as ArrayRef),
+        ("kind", Arc::new(bad) as ArrayRef),
+    ])
+    .expect("batch");
+    let msg = Ops::from_batches(&[batch])
+        .err()
+        .map(|e| e.to_string())
+        .unwrap_or_default();
+    assert!(
+        msg.contains("column 'kind', op_id 9: unknown value \"kernel\""),
+        "{msg}"
+    );
+}
