@@ -32,7 +32,6 @@ thread or GPU stream run one at a time.
 
 from __future__ import annotations
 
-import gzip
 import heapq
 import json
 import re
@@ -43,10 +42,21 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-import pyarrow as pa
-
 from tracesim.exceptions import TraceError
-from tracesim.ingest.kineto import COLL_NAMES, DTYPE_BYTES, FORMAT_DTYPE, _category
+from tracesim.ingest._common import (
+    COLL_NAMES,
+    DTYPE_BYTES,
+    FORMAT_DTYPE,
+    NO_PEER_FILES,
+    OUTSIDE_GROUP,
+    _category,
+    _counter_lines,
+    _load,
+    _match_by_seq,
+    _ops_table,
+    _problem_lines,
+    _to_trace,
+)
 from tracesim.trace import Trace
 
 DepMode = Literal["data", "ctrl", "both"]
@@ -116,12 +126,10 @@ class ChakraReport:
             f"collectives matched across ranks: {self.collectives_matched:,}; "
             f"send/recv pairs: {self.p2p_matched:,}",
         ]
-        for k, v in sorted(self.collective_problems.items()):
-            out.append(f"  kept as compute/communication: {v:,} {k}")
+        out.extend(_problem_lines(self.collective_problems))
         total = sum(self.unmapped.values())
         out.append(f"nodes not mapped to ops: {total:,}")
-        for k, v in self.unmapped.most_common():
-            out.append(f"  {v:>9,}  {k}")
+        out.extend(_counter_lines(self.unmapped))
         return out
 
 
@@ -351,16 +359,6 @@ def read_et(path: Path, raw: bytes | None = None) -> tuple[dict[str, Any], list[
     if first:
         raise TraceError(f"{path}: empty file (no GlobalMetadata record)")
     return meta, nodes
-
-
-def _load(path: Path) -> bytes:
-    raw = path.read_bytes()
-    if raw[:2] == b"\x1f\x8b":
-        try:
-            raw = gzip.decompress(raw)
-        except (OSError, EOFError) as e:
-            raise TraceError(f"{path}: not a readable gzip file: {e}") from None
-    return raw
 
 
 # ---------------------------------------------------------------------------------------------
@@ -795,36 +793,24 @@ def _match(ranks: list[_Rank], report: ChakraReport) -> dict[int, tuple[str, lis
             if len(set(members)) < 2:
                 op.problem = "collective on a one-rank process group"
             elif not set(members) <= set(present):
-                op.problem = "collective without its peer ranks (their files absent)"
+                op.problem = NO_PEER_FILES
             elif r.source_rank not in members:
-                op.problem = "collective on a rank outside its process group"
+                op.problem = OUTSIDE_GROUP
             if op.problem is not None:
                 continue
             gid = group_ids.setdefault((pg, tuple(members)), len(group_ids))
             op.group_id = gid
             per[(gid, i)].append(op)
-    for lst in per.values():
-        for seq, op in enumerate(lst):
-            op.coll_seq = seq
-    for (_pg, members), gid in group_ids.items():
-        seqs: dict[int, list[_Op]] = defaultdict(list)
-        for sr in members:
-            for op in per.get((gid, present[sr]), []):
-                assert op.coll_seq is not None
-                seqs[op.coll_seq].append(op)
-        for parts in seqs.values():
-            problem = None
-            if len(parts) != len(members):
-                problem = "collective without its peer ranks (no matching node in a peer's file)"
-            elif len({(p.coll, p.comm_bytes) for p in parts}) != 1:
-                problem = "collective whose participants disagree on type or size"
-            for p in parts:
-                if problem is None:
-                    p.kind = "collective"
-                    report.collectives_matched += 1
-                else:
-                    p.group_id = p.coll_seq = None
-                    p.problem = problem
+
+    def fail(op: _Op, problem: str) -> None:
+        op.problem = problem
+
+    report.collectives_matched += _match_by_seq(
+        per,
+        {gid: [present[m] for m in members] for (_pg, members), gid in group_ids.items()},
+        "collective without its peer ranks (no matching node in a peer's file)",
+        fail,
+    )
     # send/recv: the n-th send from src to dst pairs with the n-th recv at dst from src.
     sends: dict[tuple[int, int], list[_Op]] = defaultdict(list)
     recvs: dict[tuple[int, int], list[_Op]] = defaultdict(list)
@@ -878,64 +864,42 @@ def _build(ranks: list[_Rank], groups_by_id: dict[int, tuple[str, list[int]]], s
     ids = [{nid: op.op_id for nid, op in r.ops.items()} for r in ranks]
     coll = [o.kind == "collective" for o in order]
     p2p = [o.kind in ("send", "recv") for o in order]
-    table = pa.table(
+    table = _ops_table(
         {
-            "op_id": pa.array([o.op_id for o in order], pa.uint64()),
-            "rank": pa.array([o.rank for o in order], pa.uint32()),
-            "stream": pa.array([o.stream_key[0] for o in order], pa.uint32()),
-            "name": pa.array([o.name for o in order], pa.string()),
-            "kind": pa.array([o.kind for o in order], pa.string()),
-            "category": pa.array([o.category for o in order], pa.string()),
-            "dtype": pa.array(
-                [o.dtype if c else None for o, c in zip(order, coll, strict=True)], pa.string()
-            ),
-            "flops": pa.array([o.flops for o in order], pa.float64()),
-            "bytes_read": pa.array([o.bytes_read for o in order], pa.uint64()),
-            "bytes_written": pa.array([o.bytes_written for o in order], pa.uint64()),
-            "duration_ns": pa.array([o.dur for o in order], pa.int64()),
-            "start_ns": pa.array([o.start for o in order], pa.int64()),
-            "deps": pa.array([[ids[o.rank][d] for d in o.deps] for o in order], pa.list_(pa.uint64())),
-            "coll": pa.array([o.coll if c else None for o, c in zip(order, coll, strict=True)], pa.string()),
-            "group_id": pa.array(
-                [o.group_id if c else None for o, c in zip(order, coll, strict=True)], pa.uint32()
-            ),
-            "coll_seq": pa.array(
-                [o.coll_seq if c else None for o, c in zip(order, coll, strict=True)], pa.uint64()
-            ),
-            "comm_bytes": pa.array(
-                [o.comm_bytes if c or q else None for o, c, q in zip(order, coll, p2p, strict=True)],
-                pa.uint64(),
-            ),
-            "peer": pa.array(
-                [
-                    None if not q or o.peer is None else _peer_index(ranks, o.peer)
-                    for o, q in zip(order, p2p, strict=True)
-                ],
-                pa.uint32(),
-            ),
-            "p2p_seq": pa.array(
-                [o.p2p_seq if q else None for o, q in zip(order, p2p, strict=True)], pa.uint64()
-            ),
+            "op_id": [o.op_id for o in order],
+            "rank": [o.rank for o in order],
+            "stream": [o.stream_key[0] for o in order],
+            "name": [o.name for o in order],
+            "kind": [o.kind for o in order],
+            "category": [o.category for o in order],
+            "dtype": [o.dtype if c else None for o, c in zip(order, coll, strict=True)],
+            "flops": [o.flops for o in order],
+            "bytes_read": [o.bytes_read for o in order],
+            "bytes_written": [o.bytes_written for o in order],
+            "duration_ns": [o.dur for o in order],
+            "start_ns": [o.start for o in order],
+            "deps": [[ids[o.rank][d] for d in o.deps] for o in order],
+            "coll": [o.coll if c else None for o, c in zip(order, coll, strict=True)],
+            "group_id": [o.group_id if c else None for o, c in zip(order, coll, strict=True)],
+            "coll_seq": [o.coll_seq if c else None for o, c in zip(order, coll, strict=True)],
+            "comm_bytes": [
+                o.comm_bytes if c or q else None for o, c, q in zip(order, coll, p2p, strict=True)
+            ],
+            "peer": [
+                None if not q or o.peer is None else _peer_index(ranks, o.peer)
+                for o, q in zip(order, p2p, strict=True)
+            ],
+            "p2p_seq": [o.p2p_seq if q else None for o, q in zip(order, p2p, strict=True)],
         }
     )
     used = sorted({o.group_id for o in order if o.kind == "collective" and o.group_id is not None})
-    groups = None
-    if used:
-        groups = pa.table(
-            {
-                "group_id": pa.array(used, pa.uint32()),
-                "ranks": pa.array([groups_by_id[g][1] for g in used], pa.list_(pa.uint32())),
-                "name": pa.array([groups_by_id[g][0] or None for g in used], pa.string()),
-            }
-        )
-    return Trace.from_tables(
+    return _to_trace(
         table,
-        ranks=len(ranks),
-        groups=groups,
-        source=source + ": " + ", ".join(r.path.name for r in ranks),
-        source_system=None,
-        validate=True,
-        source_ranks=[r.source_rank for r in ranks],
+        used,
+        groups_by_id,
+        source,
+        [r.path.name for r in ranks],
+        [r.source_rank for r in ranks],
     )
 
 

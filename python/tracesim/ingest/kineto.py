@@ -38,7 +38,6 @@ three decimals and are read as microseconds (`time_unit` overrides the guess).
 from __future__ import annotations
 
 import bisect
-import gzip
 import json
 import re
 from collections import Counter, defaultdict
@@ -48,9 +47,21 @@ from decimal import Decimal
 from pathlib import Path
 from typing import Any, Literal
 
-import pyarrow as pa
-
 from tracesim.exceptions import TraceError
+from tracesim.ingest._common import (
+    COLL_NAMES,
+    DTYPE_BYTES,
+    FORMAT_DTYPE,
+    NO_PEER_FILES,
+    OUTSIDE_GROUP,
+    _category,
+    _counter_lines,
+    _load,
+    _match_by_seq,
+    _ops_table,
+    _problem_lines,
+    _to_trace,
+)
 from tracesim.trace import Trace
 
 TimeUnit = Literal["auto", "us", "ns"]
@@ -61,54 +72,6 @@ RUNTIME_CATS = {"cuda_runtime", "runtime", "cuda_driver"}
 FLOW_PHASES = {"s", "f", "t"}
 BLOCKING_CALLS = {"cudaMemcpy", "cudaMemcpy2D", "hipMemcpy", "hipMemcpy2D"}
 STEP_RE = re.compile(r"^ProfilerStep#(\d+)$")
-
-# Bytes per element of the `dtype` strings PyTorch writes in collective metadata.
-DTYPE_BYTES = {
-    "float": 4,
-    "float32": 4,
-    "double": 8,
-    "float64": 8,
-    "half": 2,
-    "float16": 2,
-    "bfloat16": 2,
-    "int": 4,
-    "int32": 4,
-    "long": 8,
-    "int64": 8,
-    "short": 2,
-    "int16": 2,
-    "byte": 1,
-    "uint8": 1,
-    "char": 1,
-    "int8": 1,
-    "bool": 1,
-}
-FORMAT_DTYPE = {"float": "fp32", "float32": "fp32", "bfloat16": "bf16", "half": "fp16", "float16": "fp16"}
-
-COLL_NAMES = {
-    "allreduce": "all_reduce",
-    "all_reduce": "all_reduce",
-    "allreduce_coalesced": "all_reduce",
-    "allgather": "all_gather",
-    "all_gather": "all_gather",
-    "allgather_base": "all_gather",
-    "all_gather_into_tensor": "all_gather",
-    "allgather_into_tensor_coalesced": "all_gather",
-    "allgather_coalesced": "all_gather",
-    "reduce_scatter": "reduce_scatter",
-    "reducescatter": "reduce_scatter",
-    "reduce_scatter_base": "reduce_scatter",
-    "reduce_scatter_tensor": "reduce_scatter",
-    "reduce_scatter_tensor_coalesced": "reduce_scatter",
-    "alltoall": "all_to_all",
-    "all_to_all": "all_to_all",
-    "alltoall_base": "all_to_all",
-    "all_to_all_single": "all_to_all",
-    "alltoallv": "all_to_all",
-    "broadcast": "broadcast",
-    "reduce": "reduce",
-    "barrier": "barrier",
-}
 
 
 @dataclass
@@ -156,15 +119,13 @@ class IngestReport:
                 "(released at their measured start)"
             )
         out.append(f"collectives matched across ranks: {self.collectives_matched:,}")
-        for k, v in sorted(self.collective_problems.items()):
-            out.append(f"  kept as compute/communication: {v:,} {k}")
+        out.extend(_problem_lines(self.collective_problems))
         out.append(
             f"GPU ops with FLOPs/bytes from recorded shapes: {self.costed:,} "
             f"({self.split_kernels:,} sharing their CPU op's cost evenly); "
             f"without: {sum(self.uncosted.values()):,}"
         )
-        for k, v in self.uncosted.most_common():
-            out.append(f"  {v:>9,}  {k}")
+        out.extend(_counter_lines(self.uncosted))
         if self.uncosted_ops:
             out.append(
                 "  CPU ops whose kernels got no cost: "
@@ -172,8 +133,7 @@ class IngestReport:
             )
         total = sum(self.unmapped.values())
         out.append(f"events not mapped to ops: {total:,}")
-        for k, v in self.unmapped.most_common():
-            out.append(f"  {v:>9,}  {k}")
+        out.extend(_counter_lines(self.unmapped))
         return out
 
 
@@ -215,12 +175,7 @@ class _Op:
 
 
 def _read_json(path: Path) -> Any:
-    raw = path.read_bytes()
-    if raw[:2] == b"\x1f\x8b":
-        try:
-            raw = gzip.decompress(raw)
-        except (OSError, EOFError) as e:
-            raise TraceError(f"{path}: not a readable gzip file: {e}") from None
+    raw = _load(path)
     try:
         # Floats as text: a microsecond timestamp of 1.7e15 loses its nanoseconds in a float64.
         return json.loads(raw, parse_float=str)
@@ -253,25 +208,6 @@ def _time_unit(data: dict[str, Any], events: list[dict[str, Any]], override: Tim
         if e.get("ph") == "X" and (isinstance(e.get("ts"), str) or isinstance(e.get("dur"), str)):
             return "us"
     return "ns"
-
-
-def _category(name: str) -> str:
-    n = name.lower()
-    if any(k in n for k in ("flash", "fmha", "attention", "attn", "sdpa")):
-        return "attention"
-    if any(k in n for k in ("gemm", "matmul", "cutlass", "xmma", "wgmma", "cublas", "s884", "s1688", "hmma")):
-        return "gemm"
-    if "norm" in n:
-        return "norm"
-    if any(k in n for k in ("adam", "sgd", "optimizer", "multi_tensor_apply")):
-        return "optimizer"
-    if "embedding" in n:
-        return "embedding"
-    if any(k in n for k in ("reduce", "softmax", "sum_kernel", "argmax")):
-        return "reduction"
-    if any(k in n for k in ("elementwise", "vectorized", "unrolled", "fill", "copy")):
-        return "elementwise"
-    return "other"
 
 
 def _is_nccl(name: str, cat: str) -> bool:
@@ -734,110 +670,66 @@ def _match_collectives(
             continue
         ranks = op.group_key[1]
         if not set(ranks) <= present or len(set(ranks)) != len(ranks):
-            report.collective_problems["collective without its peer ranks (their files absent)"] += 1
+            report.collective_problems[NO_PEER_FILES] += 1
             continue
         if files[op.rank].source_rank not in ranks:
-            report.collective_problems["collective on a rank outside its process group"] += 1
+            report.collective_problems[OUTSIDE_GROUP] += 1
             continue
         gid = group_ids.setdefault(op.group_key, len(group_ids))
         op.group_id = gid
         per[(gid, op.rank)].append(op)
     members: dict[int, list[int]] = {g: sorted(rank_of[r] for r in k[1]) for k, g in group_ids.items()}
-    for (_gid, _rank), lst in per.items():
-        for seq, op in enumerate(lst):
-            op.coll_seq = seq
+
+    def fail(_op: _Op, problem: str) -> None:
+        report.collective_problems[problem] += 1
+
     # Keep only the (group, seq) that every member has, with agreeing type and size.
-    for gid, member_ranks in members.items():
-        seqs: dict[int, list[_Op]] = defaultdict(list)
-        for r in member_ranks:
-            for op in per.get((gid, r), []):
-                assert op.coll_seq is not None
-                seqs[op.coll_seq].append(op)
-        for parts in seqs.values():
-            problem = None
-            if len(parts) != len(member_ranks):
-                problem = "collective without its peer ranks (no matching op in a peer's file)"
-            elif len({(p.coll, p.comm_bytes) for p in parts}) != 1:
-                problem = "collective whose participants disagree on type or size"
-            for p in parts:
-                if problem is None:
-                    p.kind = "collective"
-                    report.collectives_matched += 1
-                else:
-                    p.group_id = p.coll_seq = None
-                    report.collective_problems[problem] += 1
+    report.collectives_matched += _match_by_seq(
+        per, members, "collective without its peer ranks (no matching op in a peer's file)", fail
+    )
     return {gid: (k[0], [rank_of[r] for r in k[1]]) for k, gid in group_ids.items()}
 
 
 def _build(ops: list[_Op], files: list[_File], groups_by_id: dict[int, tuple[str, list[int]]]) -> Trace:
     order = sorted(ops, key=lambda o: (o.start, o.rank, o.stream, o.key))
     op_id = {o.key: k for k, o in enumerate(order)}
-    coll_ops = [o for o in order if o.kind == "collective"]
-    cols: dict[str, list[Any]] = {
-        "op_id": list(range(len(order))),
-        "rank": [o.rank for o in order],
-        "stream": [o.stream for o in order],
-        "name": [o.name for o in order],
-        "kind": [o.kind for o in order],
-        "category": [o.category for o in order],
-        "dtype": [
-            o.dtype if o.kind == "collective" or o.category != "communication" else None for o in order
-        ],
-        "duration_ns": [o.dur for o in order],
-        "start_ns": [o.start for o in order],
-        "deps": [[op_id[d] for d in o.deps] for o in order],
-        "coll": [o.coll if o.kind == "collective" else None for o in order],
-        "group_id": [o.group_id if o.kind == "collective" else None for o in order],
-        "coll_seq": [o.coll_seq if o.kind == "collective" else None for o in order],
-        "comm_bytes": [o.comm_bytes if o.kind == "collective" else None for o in order],
-        "iteration": [o.iteration for o in order],
-    }
-    extra = {
-        "flops": pa.array([o.flops for o in order], pa.float64()),
-        "bytes_read": pa.array([o.bytes_read for o in order], pa.uint64()),
-        "bytes_written": pa.array([o.bytes_written for o in order], pa.uint64()),
-        "gemm_m": pa.array([o.gemm_m for o in order], pa.uint64()),
-        "gemm_n": pa.array([o.gemm_n for o in order], pa.uint64()),
-        "gemm_k": pa.array([o.gemm_k for o in order], pa.uint64()),
-    }
-    table = pa.table(
+    coll = [o.kind == "collective" for o in order]
+    table = _ops_table(
         {
-            "op_id": pa.array(cols["op_id"], pa.uint64()),
-            "rank": pa.array(cols["rank"], pa.uint32()),
-            "stream": pa.array(cols["stream"], pa.uint32()),
-            "name": pa.array(cols["name"], pa.string()),
-            "kind": pa.array(cols["kind"], pa.string()),
-            "category": pa.array(cols["category"], pa.string()),
-            "dtype": pa.array(cols["dtype"], pa.string()),
-            "duration_ns": pa.array(cols["duration_ns"], pa.int64()),
-            "start_ns": pa.array(cols["start_ns"], pa.int64()),
-            "deps": pa.array(cols["deps"], pa.list_(pa.uint64())),
-            "coll": pa.array(cols["coll"], pa.string()),
-            "group_id": pa.array(cols["group_id"], pa.uint32()),
-            "coll_seq": pa.array(cols["coll_seq"], pa.uint64()),
-            "comm_bytes": pa.array(cols["comm_bytes"], pa.uint64()),
-            "iteration": pa.array(cols["iteration"], pa.uint32()),
-            **extra,
+            "op_id": list(range(len(order))),
+            "rank": [o.rank for o in order],
+            "stream": [o.stream for o in order],
+            "name": [o.name for o in order],
+            "kind": [o.kind for o in order],
+            "category": [o.category for o in order],
+            "dtype": [
+                o.dtype if c or o.category != "communication" else None
+                for o, c in zip(order, coll, strict=True)
+            ],
+            "duration_ns": [o.dur for o in order],
+            "start_ns": [o.start for o in order],
+            "deps": [[op_id[d] for d in o.deps] for o in order],
+            "coll": [o.coll if c else None for o, c in zip(order, coll, strict=True)],
+            "group_id": [o.group_id if c else None for o, c in zip(order, coll, strict=True)],
+            "coll_seq": [o.coll_seq if c else None for o, c in zip(order, coll, strict=True)],
+            "comm_bytes": [o.comm_bytes if c else None for o, c in zip(order, coll, strict=True)],
+            "iteration": [o.iteration for o in order],
+            "flops": [o.flops for o in order],
+            "bytes_read": [o.bytes_read for o in order],
+            "bytes_written": [o.bytes_written for o in order],
+            "gemm_m": [o.gemm_m for o in order],
+            "gemm_n": [o.gemm_n for o in order],
+            "gemm_k": [o.gemm_k for o in order],
         }
     )
-    used = sorted({o.group_id for o in coll_ops if o.group_id is not None})
-    groups = None
-    if used:
-        groups = pa.table(
-            {
-                "group_id": pa.array(used, pa.uint32()),
-                "ranks": pa.array([groups_by_id[g][1] for g in used], pa.list_(pa.uint32())),
-                "name": pa.array([groups_by_id[g][0] or None for g in used], pa.string()),
-            }
-        )
-    return Trace.from_tables(
+    used = sorted({o.group_id for o, c in zip(order, coll, strict=True) if c and o.group_id is not None})
+    return _to_trace(
         table,
-        ranks=len(files),
-        groups=groups,
-        source="tracesim.ingest.kineto: " + ", ".join(f.path.name for f in files),
-        source_system=None,
-        validate=True,
-        source_ranks=[f.source_rank for f in files],
+        used,
+        groups_by_id,
+        "tracesim.ingest.kineto",
+        [f.path.name for f in files],
+        [f.source_rank for f in files],
     )
 
 

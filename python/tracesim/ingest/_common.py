@@ -1,0 +1,221 @@
+"""Pieces the Kineto and Chakra/PyTorch-ET ingesters share (private to `tracesim.ingest`)."""
+
+from __future__ import annotations
+
+import gzip
+from collections import Counter, defaultdict
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+from typing import Any, Protocol, TypeVar
+
+import pyarrow as pa
+
+from tracesim.exceptions import TraceError
+from tracesim.trace import Trace
+
+# Bytes per element of the `dtype` strings PyTorch writes in collective metadata.
+DTYPE_BYTES = {
+    "float": 4,
+    "float32": 4,
+    "double": 8,
+    "float64": 8,
+    "half": 2,
+    "float16": 2,
+    "bfloat16": 2,
+    "int": 4,
+    "int32": 4,
+    "long": 8,
+    "int64": 8,
+    "short": 2,
+    "int16": 2,
+    "byte": 1,
+    "uint8": 1,
+    "char": 1,
+    "int8": 1,
+    "bool": 1,
+}
+FORMAT_DTYPE = {"float": "fp32", "float32": "fp32", "bfloat16": "bf16", "half": "fp16", "float16": "fp16"}
+
+COLL_NAMES = {
+    "allreduce": "all_reduce",
+    "all_reduce": "all_reduce",
+    "allreduce_coalesced": "all_reduce",
+    "allgather": "all_gather",
+    "all_gather": "all_gather",
+    "allgather_base": "all_gather",
+    "all_gather_into_tensor": "all_gather",
+    "allgather_into_tensor_coalesced": "all_gather",
+    "allgather_coalesced": "all_gather",
+    "reduce_scatter": "reduce_scatter",
+    "reducescatter": "reduce_scatter",
+    "reduce_scatter_base": "reduce_scatter",
+    "reduce_scatter_tensor": "reduce_scatter",
+    "reduce_scatter_tensor_coalesced": "reduce_scatter",
+    "alltoall": "all_to_all",
+    "all_to_all": "all_to_all",
+    "alltoall_base": "all_to_all",
+    "all_to_all_single": "all_to_all",
+    "alltoallv": "all_to_all",
+    "broadcast": "broadcast",
+    "reduce": "reduce",
+    "barrier": "barrier",
+}
+
+# Problems of collectives both ingesters count (they keep such ops as compute/communication).
+NO_PEER_FILES = "collective without its peer ranks (their files absent)"
+OUTSIDE_GROUP = "collective on a rank outside its process group"
+DISAGREE = "collective whose participants disagree on type or size"
+
+# Arrow type of each column of the canonical ops table the ingesters write.
+OP_COLUMN_TYPES: dict[str, pa.DataType] = {
+    "op_id": pa.uint64(),
+    "rank": pa.uint32(),
+    "stream": pa.uint32(),
+    "name": pa.string(),
+    "kind": pa.string(),
+    "category": pa.string(),
+    "dtype": pa.string(),
+    "flops": pa.float64(),
+    "bytes_read": pa.uint64(),
+    "bytes_written": pa.uint64(),
+    "duration_ns": pa.int64(),
+    "start_ns": pa.int64(),
+    "deps": pa.list_(pa.uint64()),
+    "coll": pa.string(),
+    "group_id": pa.uint32(),
+    "coll_seq": pa.uint64(),
+    "comm_bytes": pa.uint64(),
+    "peer": pa.uint32(),
+    "p2p_seq": pa.uint64(),
+    "iteration": pa.uint32(),
+    "gemm_m": pa.uint64(),
+    "gemm_n": pa.uint64(),
+    "gemm_k": pa.uint64(),
+}
+
+
+class _CollOp(Protocol):
+    """What collective matching reads and writes on an ingester's op record."""
+
+    kind: str
+    coll: str | None
+    comm_bytes: int | None
+    group_id: int | None
+    coll_seq: int | None
+
+
+_C = TypeVar("_C", bound=_CollOp)
+
+
+def _load(path: Path) -> bytes:
+    """The bytes of a file, gunzipped when they start with the gzip magic."""
+    raw = path.read_bytes()
+    if raw[:2] == b"\x1f\x8b":
+        try:
+            raw = gzip.decompress(raw)
+        except (OSError, EOFError) as e:
+            raise TraceError(f"{path}: not a readable gzip file: {e}") from None
+    return raw
+
+
+def _category(name: str) -> str:
+    """A compute category guessed from a kernel or node name."""
+    n = name.lower()
+    if any(k in n for k in ("flash", "fmha", "attention", "attn", "sdpa")):
+        return "attention"
+    if any(k in n for k in ("gemm", "matmul", "cutlass", "xmma", "wgmma", "cublas", "s884", "s1688", "hmma")):
+        return "gemm"
+    if "norm" in n:
+        return "norm"
+    if any(k in n for k in ("adam", "sgd", "optimizer", "multi_tensor_apply")):
+        return "optimizer"
+    if "embedding" in n:
+        return "embedding"
+    if any(k in n for k in ("reduce", "softmax", "sum_kernel", "argmax")):
+        return "reduction"
+    if any(k in n for k in ("elementwise", "vectorized", "unrolled", "fill", "copy")):
+        return "elementwise"
+    return "other"
+
+
+def _counter_lines(counter: Counter[str]) -> list[str]:
+    """One indented `count  key` line per key of a report counter, most common first."""
+    return [f"  {v:>9,}  {k}" for k, v in counter.most_common()]
+
+
+def _problem_lines(problems: Counter[str]) -> list[str]:
+    """The report lines of the communication ops kept as compute/communication, by problem."""
+    return [f"  kept as compute/communication: {v:,} {k}" for k, v in sorted(problems.items())]
+
+
+def _match_by_seq(
+    per: Mapping[tuple[int, int], list[_C]],
+    members: Mapping[int, Sequence[int]],
+    missing: str,
+    fail: Callable[[_C, str], None],
+) -> int:
+    """Numbers each (group, rank)'s collectives and matches them by (group, seq); returns how many matched.
+
+    `per` holds each (group id, rank index)'s collectives in issue order and `members` each group's
+    rank indices. A (group, seq) is matched when every member has it, with agreeing type and size:
+    its ops become kind `collective`. Otherwise their group_id and coll_seq are cleared and `fail`
+    gets each with why (`missing` when a peer has no such op).
+    """
+    for lst in per.values():
+        for seq, op in enumerate(lst):
+            op.coll_seq = seq
+    matched = 0
+    for gid, ranks in members.items():
+        seqs: dict[int, list[_C]] = defaultdict(list)
+        for r in ranks:
+            for op in per.get((gid, r), []):
+                assert op.coll_seq is not None
+                seqs[op.coll_seq].append(op)
+        for parts in seqs.values():
+            problem = None
+            if len(parts) != len(ranks):
+                problem = missing
+            elif len({(p.coll, p.comm_bytes) for p in parts}) != 1:
+                problem = DISAGREE
+            for p in parts:
+                if problem is None:
+                    p.kind = "collective"
+                    matched += 1
+                else:
+                    p.group_id = p.coll_seq = None
+                    fail(p, problem)
+    return matched
+
+
+def _ops_table(cols: Mapping[str, Sequence[Any]]) -> pa.Table:
+    """The canonical ops table from its columns (in the order given), typed by OP_COLUMN_TYPES."""
+    return pa.table({k: pa.array(v, OP_COLUMN_TYPES[k]) for k, v in cols.items()})
+
+
+def _to_trace(
+    table: pa.Table,
+    used_groups: Sequence[int],
+    groups_by_id: Mapping[int, tuple[str, list[int]]],
+    source: str,
+    names: Sequence[str],
+    source_ranks: list[int],
+) -> Trace:
+    """The validated trace of an ops table, with the groups its collectives use (id → name, ranks)."""
+    groups = None
+    if used_groups:
+        groups = pa.table(
+            {
+                "group_id": pa.array(used_groups, pa.uint32()),
+                "ranks": pa.array([groups_by_id[g][1] for g in used_groups], pa.list_(pa.uint32())),
+                "name": pa.array([groups_by_id[g][0] or None for g in used_groups], pa.string()),
+            }
+        )
+    return Trace.from_tables(
+        table,
+        ranks=len(source_ranks),
+        groups=groups,
+        source=source + ": " + ", ".join(names),
+        source_system=None,
+        validate=True,
+        source_ranks=source_ranks,
+    )
