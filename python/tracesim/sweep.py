@@ -19,6 +19,7 @@ A scenario file::
     set = ["device.memory.hbm.read_bw_bytes=6e12"]   # system overrides, as `--set`
     scale_dp = 2                                # replicate the trace's ranks (see `scale_dp`)
     dtype = "fp8"                               # rewrite the dtype of compute ops
+    remap = "round_robin"                       # or [3, 2, 1, 0]: renumber ranks (see `remap_ranks`)
 
     [grid]                                      # cartesian product of these values
     "device.memory.hbm.read_bw_bytes" = [3.35e12, 4.8e12, 6e12]
@@ -28,7 +29,11 @@ or, instead of `[grid]`, a list of variants: ``[[variants]]`` tables of the same
 
 Variant keys are system override paths (as `--set`) or the special keys `system`, `nodes`,
 `compute_model`, `network`, `scale_dp` and `dtype`, which replace the scenario's values.
-Overrides in a variant are applied after `transforms.set`.
+Overrides in a variant are applied after `transforms.set`. Transforms apply in the order
+scale_dp, dtype, remap; `remap` is set in `[transforms]` only. The engine places rank r on node
+r // devices_per_node, so `remap` moves ranks between nodes: "round_robin" spreads consecutive
+ranks over the nodes the trace needs, a list gives the new rank of each old rank (a permutation
+of 0..R-1, R being the ranks after scale_dp).
 
 Each variant's id is the SHA-256 of the canonical JSON of the scenario (without its grid or
 variants, plus the text of a system TOML file and the trace's trace.json and file sizes it
@@ -117,6 +122,7 @@ class Transforms(_Strict):
     set: list[str] = Field(default_factory=list)
     scale_dp: int = Field(default=1, ge=1)
     dtype: Dtype | None = None
+    remap: Literal["round_robin"] | list[int] | None = None
 
 
 class Scenario(_Strict):
@@ -160,7 +166,16 @@ def load_scenario(path: str | os.PathLike[str]) -> tuple[Scenario, dict[str, Any
                 )
     if sc.trace is not None and not (p.parent / sc.trace).is_dir():
         raise ScenarioError(f"{p}: key 'trace': {p.parent / sc.trace} is not a trace directory")
+    remap = sc.transforms.remap
+    if isinstance(remap, list) and sorted(remap) != list(range(len(remap))):
+        raise ScenarioError(
+            f"{p}: key 'transforms.remap': {_short(remap)} is not a permutation of 0..{len(remap) - 1}"
+        )
     return sc, raw
+
+
+def _short(values: list[int]) -> str:
+    return repr(values) if len(values) <= 16 else repr(values[:16])[:-1] + ", ...]"
 
 
 def _check_special(key: str, value: Any, where: str) -> None:
@@ -361,6 +376,67 @@ def set_dtype(trace: Trace, dtype: str) -> Trace:
     )
 
 
+def round_robin(ranks: int, devices_per_node: int) -> list[int]:
+    """The "round_robin" remap: new rank of each old rank r, so that consecutive ranks go to
+    different nodes. With N = ceil(ranks / devices_per_node) nodes, r → (r mod N)·devices_per_node
+    + r div N; when `ranks` is not a multiple of devices_per_node these values are renumbered
+    0..ranks-1 in the same order (the last node stays the partly filled one)."""
+    if ranks < 1 or devices_per_node < 1:
+        raise ScenarioError(
+            f"round_robin: needs ranks ≥ 1 and devices_per_node ≥ 1, got {ranks}, {devices_per_node}"
+        )
+    nodes = -(-ranks // devices_per_node)
+    keys = [(r % nodes) * devices_per_node + r // nodes for r in range(ranks)]
+    order = sorted(range(ranks), key=keys.__getitem__)
+    new = [0] * ranks
+    for i, r in enumerate(order):
+        new[r] = i
+    return new
+
+
+def remap_ranks(trace: Trace, perm: list[int]) -> Trace:
+    """Renumbers the trace's ranks: old rank r becomes `perm[r]` (a permutation of
+    0..R-1) in ops.rank, ops.peer, groups.ranks (each group keeps its order of members, mapped)
+    and tensors.rank; op_ids, tensor_ids and everything else stay. Since the engine places rank r
+    on node r // devices_per_node, this moves ranks between nodes."""
+    R = trace.ranks
+    if len(perm) != R or sorted(perm) != list(range(R)):
+        raise ScenarioError(
+            f"remap {_short(list(perm))}: expected a permutation of 0..{R - 1} (the trace has {R} ranks)"
+        )
+    old, new = list(range(R)), list(perm)
+
+    def mapped(col: str) -> pl.Expr:
+        return pl.col(col).replace_strict(old, new, return_dtype=pl.Int64)
+
+    ops = pl.DataFrame(trace.ops)
+    exprs = [mapped("rank")]
+    if "peer" in ops.columns:
+        exprs.append(mapped("peer"))
+    new_ops = fmt.conform(ops.with_columns(exprs).to_arrow(), fmt.OPS, "ops")
+    groups = None
+    if trace.groups is not None:
+        g = pl.DataFrame(trace.groups).with_columns(
+            pl.col("ranks").list.eval(pl.element().replace_strict(old, new, return_dtype=pl.Int64))
+        )
+        groups = fmt.conform(g.to_arrow(), fmt.GROUPS, "groups")
+    tensors = None
+    if trace.tensors is not None:
+        t = pl.DataFrame(trace.tensors).with_columns(mapped("rank"))
+        tensors = fmt.conform(t.to_arrow(), fmt.TENSORS, "tensors")
+    meta = dict(trace.meta)
+    meta["transforms"] = [*meta.get("transforms", []), {"remap": new}]
+    return Trace(
+        ops=new_ops,
+        ranks=R,
+        groups=groups,
+        tensors=tensors,
+        accesses=trace.accesses,
+        meta=meta,
+        path=None,
+    )
+
+
 # ---------------------------------------------------------------------------------------------
 # Running one variant (in a worker process)
 
@@ -427,6 +503,12 @@ def run_variant(task: dict[str, Any]) -> dict[str, Any]:
         overrides = list(task["set"]) + [
             f"{k}={json.dumps(v)}" for k, v in values.items() if k not in SPECIAL_KEYS
         ]
+        remap = task.get("remap")
+        if remap == "round_robin":
+            per_node = load_system(system, overrides=overrides).devices_per_node
+            trace = remap_ranks(trace, round_robin(trace.ranks, per_node))
+        elif remap is not None:
+            trace = remap_ranks(trace, list(remap))
         result = simulate(
             trace,
             system,
@@ -552,6 +634,7 @@ def sweep(
     if workers is not None and workers < 1:
         raise ScenarioError(f"workers: expected a positive number, got {workers}")
     _check_override_paths(sc, variants, base, where)
+    _check_remap(sc, variants, base, where)
     if executor == "ray":
         _import_ray()  # fail before anything runs
 
@@ -576,6 +659,7 @@ def sweep(
             "set": list(sc.transforms.set),
             "scale_dp": sc.transforms.scale_dp,
             "dtype": sc.transforms.dtype,
+            "remap": sc.transforms.remap,
         }
         records: dict[str, dict[str, Any]] = {}
         ids: list[str] = []
@@ -698,3 +782,20 @@ def _check_override_paths(sc: Scenario, variants: list[dict[str, Any]], base: Pa
                 raise ScenarioError(
                     f"{where}: override '{key}' names no field of system {name}: {e}"
                 ) from None
+
+
+def _check_remap(sc: Scenario, variants: list[dict[str, Any]], base: Path, where: str) -> None:
+    """An explicit remap list must have one entry per rank of every variant's trace."""
+    remap = sc.transforms.remap
+    if not isinstance(remap, list):
+        return
+    sample_json = None if sc.sample is None else _canonical(sc.sample.model_dump())
+    trace_path = None if sc.trace is None else str(base / sc.trace)
+    ranks = _base_trace(trace_path, sample_json).ranks
+    for factor in sorted({int(v.get("scale_dp", sc.transforms.scale_dp)) for v in variants}):
+        if len(remap) != ranks * factor:
+            raise ScenarioError(
+                f"{where}: key 'transforms.remap': has {len(remap)} entries but the trace has "
+                f"{ranks * factor} ranks (scale_dp = {factor}); "
+                f"expected a permutation of 0..{ranks * factor - 1}"
+            )

@@ -168,14 +168,41 @@ def test_send_recv_flows_pair_each_message(pp8: tuple[Result, Trace]) -> None:
 def test_memory_counters(dp2: tuple[Result, Trace], pp8: tuple[Result, Trace]) -> None:
     result, trace = dp2
     assert result.memory is not None and result.memory.height
-    counters = events(roundtrip(result, trace), "C")
+    counters = [c for c in events(roundtrip(result, trace), "C") if c["name"].startswith("memory ")]
     assert counters and {c["name"] for c in counters} == {"memory hbm"}
     for rank in result.summary["ranks"]:
         mine = [c for c in counters if c["pid"] == rank["rank"]]
         assert max(c["args"]["used_bytes"] for c in mine) == rank["peak_memory_bytes"]["hbm"]
         ts = [c["ts"] for c in mine]
         assert ts == sorted(ts) and len(set(ts)) == len(ts)  # one value per instant
-    assert events(roundtrip(*pp8), "C") == []  # no tensors, no counters
+    memory = [c for c in events(roundtrip(*pp8), "C") if c["name"].startswith("memory ")]
+    assert memory == []  # no tensors, no memory counters
+
+
+def test_link_utilisation_counters() -> None:
+    trace = tracesim.read_trace(SAMPLE_TRACES / "dp16_two_nodes")
+    result = tracesim.simulate(trace, "dgx-h100", compute_model="roofline")
+    assert result.links is not None
+    doc = roundtrip(result, trace)
+    counters = [c for c in events(doc, "C") if c["name"].startswith("link ")]
+    assert {c["name"] for c in counters} == {"link scale_up", "link scale_out"}
+    end_us = result.makespan_ns / 1000.0
+    by_key: dict[tuple[int, str], Events] = defaultdict(list)
+    for c in counters:
+        assert c["tid"] == 0 and set(c["args"]) == {"utilisation"}
+        by_key[(c["pid"], c["name"])].append(c)
+    assert set(by_key) == {(r, f"link {link}") for r in range(16) for link in ("scale_up", "scale_out")}
+    for row in result.links.iter_rows(named=True):
+        samples = by_key[(row["rank"], f"link {row['link']}")]
+        # An average over the replay: the same value at its start and at its end.
+        assert [c["ts"] for c in samples] == [0.0, end_us]
+        assert all(c["args"]["utilisation"] == pytest.approx(row["utilisation"]) for c in samples)
+    crossing = {c["pid"] for c in counters if c["name"] == "link scale_out" and c["args"]["utilisation"] > 0}
+    assert crossing and crossing != set(range(16))
+    # Filters: only the ranks kept, samples at the window's bounds.
+    window = roundtrip(result, trace, ranks=[7], start_ns=1000, end_ns=2000)
+    kept = [c for c in events(window, "C") if c["name"].startswith("link ")]
+    assert {c["pid"] for c in kept} == {7} and {c["ts"] for c in kept} == {1.0, 2.0}
 
 
 def test_rank_filter(dp2: tuple[Result, Trace], pp8: tuple[Result, Trace]) -> None:

@@ -15,7 +15,16 @@ import pytest
 
 import tracesim
 from tests.tracedirs import REPO_ROOT, SAMPLE_TRACES
-from tracesim.sweep import ScenarioError, expand, load_scenario, scale_dp, set_dtype, sweep
+from tracesim.sweep import (
+    ScenarioError,
+    expand,
+    load_scenario,
+    remap_ranks,
+    round_robin,
+    scale_dp,
+    set_dtype,
+    sweep,
+)
 
 SMALL_DP = """
 system = "dgx-h100"
@@ -207,6 +216,73 @@ def test_scale_dp_doubles_ranks_and_keeps_the_trace_valid() -> None:
     pp.validate()
     p2p = pl.DataFrame(pp.ops).filter(pl.col("kind").is_in(["send", "recv"]))
     assert (p2p["rank"] // 8 == p2p["peer"] // 8).all()
+
+
+def test_remap_with_a_permutation_keeps_ops_and_measured_makespan() -> None:
+    trace = tracesim.read_trace(SAMPLE_TRACES / "dp2_allreduce")
+    swapped = remap_ranks(trace, [1, 0])
+    swapped.validate()
+    assert swapped.num_ops == trace.num_ops
+    assert swapped.ops["op_id"].to_pylist() == trace.ops["op_id"].to_pylist()
+    assert [1 - r for r in trace.ops["rank"].to_pylist()] == swapped.ops["rank"].to_pylist()
+    assert swapped.tensors is not None and trace.tensors is not None
+    assert [1 - r for r in trace.tensors["rank"].to_pylist()] == swapped.tensors["rank"].to_pylist()
+    before = tracesim.simulate(trace, "dgx-h100", compute_model="measured")
+    after = tracesim.simulate(swapped, "dgx-h100", compute_model="measured")
+    assert after.makespan_ns == before.makespan_ns
+    assert after.timeline.height == before.timeline.height
+    # Send/recv peers follow their ranks.
+    pp = tracesim.read_trace(SAMPLE_TRACES / "pp8_gpipe")
+    perm = [7 - r for r in range(8)]
+    reversed_pp = remap_ranks(pp, perm)
+    reversed_pp.validate()
+    old = pl.DataFrame(pp.ops).filter(pl.col("peer").is_not_null())
+    new = pl.DataFrame(reversed_pp.ops).filter(pl.col("peer").is_not_null())
+    assert new["peer"].to_list() == [perm[p] for p in old["peer"].to_list()]
+    with pytest.raises(ScenarioError, match="permutation"):
+        remap_ranks(trace, [0, 0])
+
+
+def test_round_robin_spreads_consecutive_ranks_over_nodes() -> None:
+    assert round_robin(16, 8) == [0, 8, 1, 9, 2, 10, 3, 11, 4, 12, 5, 13, 6, 14, 7, 15]
+    assert round_robin(4, 8) == [0, 1, 2, 3]  # one node: nothing moves
+    assert sorted(round_robin(12, 8)) == list(range(12))
+
+
+def test_round_robin_remap_moves_traffic_across_nodes(tmp_path: Path) -> None:
+    trace = SAMPLE_TRACES / "dp16_two_nodes"
+    base = f'trace = "{trace}"\nsystem = "dgx-h100"\ncompute_model = "roofline"\n'
+    plain = sweep(scenario(tmp_path, base, "plain.toml"), tmp_path / "plain", workers=1, progress=False)
+    path = scenario(tmp_path, base + '[transforms]\nremap = "round_robin"\n', "rr.toml")
+    rr = sweep(path, tmp_path / "rr", workers=1, progress=False)
+    assert plain["status"].to_list() == rr["status"].to_list() == ["ok"]
+    assert plain["id"][0] != rr["id"][0]
+
+    def links(out: Path, vid: str) -> pl.DataFrame:
+        return pl.read_parquet(out / "variants" / vid / "links.parquet")
+
+    def scale_out_bytes(out: Path, vid: str) -> float:
+        summary = json.loads((out / "variants" / vid / "summary.json").read_text())
+        return float(summary["network"]["scale_out"]["bytes"])
+
+    def crossing(df: pl.DataFrame) -> list[int]:
+        return sorted(df.filter((pl.col("link") == "scale_out") & (pl.col("bytes") > 0))["rank"].to_list())
+
+    assert crossing(links(tmp_path / "plain", plain["id"][0])) != crossing(
+        links(tmp_path / "rr", rr["id"][0])
+    )
+    assert scale_out_bytes(tmp_path / "plain", plain["id"][0]) < scale_out_bytes(tmp_path / "rr", rr["id"][0])
+
+
+@pytest.mark.parametrize(
+    ("remap", "detail"),
+    [("[0, 0]", "not a permutation"), ("[1, 0, 2]", "has 3 entries"), ('"zigzag"', "remap")],
+)
+def test_bad_remap_is_a_clear_error(tmp_path: Path, remap: str, detail: str) -> None:
+    path = scenario(tmp_path, SMALL_DP + f"[transforms]\nremap = {remap}\n")
+    with pytest.raises(ScenarioError) as e:
+        sweep(path, tmp_path / "out", workers=1, progress=False)
+    assert str(path) in str(e.value) and "transforms.remap" in str(e.value) and detail in str(e.value)
 
 
 def test_dtype_rewrites_compute_ops_only() -> None:

@@ -4,6 +4,10 @@ Ranks are processes (pid = rank), streams are threads (tid = stream); each op is
 event ("X", ts/dur in microseconds). Collectives and send/recv are linked across ranks by flow
 events ("s" → "t"… → "f", one id per rendezvous instance: collectives on (group_id, coll_seq),
 send/recv on (src, dst, p2p_seq)); memory occupancy per tier is a counter ("C") per rank.
+Link utilisation is a counter per rank and link level ("link scale_up", "link scale_out"):
+links.parquet holds totals over the replay, so it is the average utilisation (busy time over
+the makespan), drawn as one constant level from the start to the end of the replay (or of the
+time window), not utilisation over time.
 """
 
 from __future__ import annotations
@@ -249,6 +253,36 @@ def _counter_events(
     ]
 
 
+def _link_events(
+    links: pl.DataFrame,
+    makespan_ns: int,
+    ranks: list[int] | None,
+    start_ns: int | None,
+    end_ns: int | None,
+) -> list[dict[str, Any]]:
+    """The average utilisation of each (rank, link level) over the replay, as a counter with two
+    samples of the same value: at the start and at the end of the replay (or of the window)."""
+    if ranks is not None:
+        links = links.filter(pl.col("rank").is_in(list(ranks)))
+    first = max(0, start_ns) if start_ns is not None else 0
+    last = min(makespan_ns, end_ns) if end_ns is not None else makespan_ns
+    last = max(first, last)
+    events = []
+    for rank, link, util in links.sort("rank", "link").select("rank", "link", "utilisation").iter_rows():
+        for ns in dict.fromkeys((first, last)):
+            events.append(
+                {
+                    "ph": "C",
+                    "name": f"link {link}",
+                    "pid": rank,
+                    "tid": 0,
+                    "ts": ns / 1000.0,
+                    "args": {"utilisation": float(util or 0.0)},
+                }
+            )
+    return events
+
+
 def to_chrome(
     result: Result,
     trace: Trace,
@@ -260,8 +294,10 @@ def to_chrome(
     """Chrome trace-event JSON (a dict for `json.dump`) of `result`, replayed from `trace`.
 
     `ranks` keeps only those ranks; `start_ns`/`end_ns` keep the ops that overlap the window
-    (bounds inclusive) and the memory counters inside it. Flows link the participants that
-    remain after filtering; an instance with a single remaining participant has no flow."""
+    (bounds inclusive) and the memory counters inside it. Link counters (when the result has
+    links) give each rank's average utilisation per link level over the whole replay. Flows
+    link the participants that remain after filtering; an instance with a single remaining
+    participant has no flow."""
     _check_args(result, ranks, start_ns, end_ns)
     ops = op_table(result, trace, ranks=ranks, start_ns=start_ns, end_ns=end_ns)
     shown = sorted(set(ranks)) if ranks is not None else list(range(len(result.summary.get("ranks", []))))
@@ -270,6 +306,9 @@ def to_chrome(
     events = _metadata(ops, shown) + _complete_events(ops) + _flow_events(ops)
     if result.memory is not None and result.memory.height:
         events += _counter_events(result.memory, ranks, start_ns, end_ns)
+    if result.links is not None and result.links.height:
+        makespan = int(result.summary.get("makespan_ns") or 0)
+        events += _link_events(result.links, makespan, ranks, start_ns, end_ns)
     return {
         "traceEvents": events,
         "displayTimeUnit": "ns",
