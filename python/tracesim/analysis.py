@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import polars as pl
@@ -28,10 +28,149 @@ def _trace(trace: TraceLike) -> Trace:
     return trace if isinstance(trace, Trace) else read_trace(trace, validate=False)
 
 
-def breakdown(result: ResultLike) -> pl.DataFrame:
-    """Per rank, from the summary: end_ns, compute_ns, comm_ns, exposed_comm_ns, wait_ns,
-    idle_ns and ops, plus peak_memory_bytes (all tiers) and each time as a share of the
-    makespan (`*_share`)."""
+# Kernel categories counted as memory-bound by breakdown(by="iteration"), besides kind memory.
+MEMORY_BOUND_CATEGORIES = ("elementwise", "norm", "reduction", "embedding", "copy", "optimizer")
+
+ITERATION_BREAKDOWN_SCHEMA: dict[str, pl.DataType] = {
+    "rank": pl.UInt32(),
+    "iteration": pl.UInt32(),
+    **{
+        c: pl.Int64()
+        for c in (
+            "start_ns",
+            "end_ns",
+            "step_ns",
+            "compute_ns",
+            "comm_ns",
+            "exposed_comm_ns",
+            "wait_ns",
+            "idle_ns",
+            "memory_bound_ns",
+        )
+    },
+}
+
+
+def breakdown(
+    result: ResultLike,
+    trace: TraceLike | None = None,
+    *,
+    by: Literal["rank", "iteration"] = "rank",
+) -> pl.DataFrame:
+    """Where each rank's time went.
+
+    `by="rank"` (default; the trace is not needed): per rank, from the summary: end_ns,
+    compute_ns, comm_ns, exposed_comm_ns, wait_ns, idle_ns and ops, plus peak_memory_bytes (all
+    tiers) and each time as a share of the makespan (`*_share`).
+
+    `by="iteration"` (needs the `trace`, for its iteration, kind and category columns): one row
+    per (rank, iteration), sorted, from the timeline: start_ns and end_ns (first start and last
+    end of the rank's ops of that iteration), step_ns (end − start), compute_ns (length of the
+    union of its compute and memory op spans), comm_ns (union of its collective and send/recv
+    spans, waits included), exposed_comm_ns (|compute ∪ comm| − |compute|), wait_ns (sum of its
+    collectives' and send/recv's waits), idle_ns (step − |compute ∪ comm|) and memory_bound_ns
+    (union of the spans of memory-bound ops). Memory-bound is decided by the op's kind and
+    category, not by the roofline: kind `memory`, or a category in MEMORY_BOUND_CATEGORIES
+    (elementwise, norm, reduction, embedding, copy, optimizer). Ops without an iteration are
+    left out (a trace without the column gives no rows). With a single iteration that spans the
+    replay, compute, comm, exposed comm and wait equal the summary's per-rank values."""
+    if by == "rank":
+        return _rank_breakdown(result)
+    if by != "iteration":
+        raise ValueError(f"breakdown: by must be 'rank' or 'iteration', not {by!r}")
+    if trace is None:
+        raise TracesimError(
+            'breakdown(by="iteration") needs the trace the result was replayed from '
+            '(for its iteration, kind and category columns): breakdown(result, trace, by="iteration")'
+        )
+    return _iteration_breakdown(_result(result), _trace(trace))
+
+
+def _union_ns(spans: pl.DataFrame, keys: list[str]) -> pl.DataFrame:
+    """Per group of `keys`: the length of the union of its [start_ns, end_ns) spans. Sorted by
+    start within the group, each span adds what reaches past the running max of the ends before
+    it: Σ max(0, end − max(start, previous running max))."""
+    prev = pl.col("end_ns").cum_max().shift(1).over(keys)
+    return (
+        spans.sort([*keys, "start_ns", "end_ns"])
+        .with_columns(
+            (pl.col("end_ns") - pl.max_horizontal("start_ns", prev.fill_null(pl.col("start_ns"))))
+            .clip(lower_bound=0)
+            .alias("_add")
+        )
+        .group_by(keys)
+        .agg(pl.col("_add").sum().alias("union_ns"))
+    )
+
+
+def _iteration_breakdown(res: Result, tr: Trace) -> pl.DataFrame:
+    names = tr.ops.column_names
+    if "iteration" not in names or res.timeline.height == 0:
+        return pl.DataFrame(schema=ITERATION_BREAKDOWN_SCHEMA)
+    ops = pl.from_arrow(
+        tr.ops.select(["op_id", "kind", "iteration", *(["category"] if "category" in names else [])]),
+        rechunk=True,
+    )
+    assert isinstance(ops, pl.DataFrame)
+    if "category" not in names:
+        ops = ops.with_columns(pl.lit(None, dtype=pl.String).alias("category"))
+    ops = ops.with_columns(pl.col("kind").cast(pl.String), pl.col("category").cast(pl.String))
+    joined = res.timeline.select("op_id", "rank", "start_ns", "end_ns", "wait_ns").join(
+        ops, on="op_id", how="left"
+    )
+    if joined["kind"].null_count():
+        missing = joined.filter(pl.col("kind").is_null())["op_id"][0]
+        raise TracesimError(
+            f"breakdown: op_id {missing} of the result is not in the trace "
+            f"{tr.path or ''}; pass the trace the result was replayed from".replace(" ;", ";")
+        )
+    joined = joined.filter(pl.col("iteration").is_not_null()).with_columns(
+        pl.col("iteration").cast(pl.UInt32)
+    )
+    keys = ["rank", "iteration"]
+    compute = pl.col("kind").is_in(["compute", "memory"])
+    comm = pl.col("kind").is_in(["collective", "send", "recv"])
+    by_category = pl.col("category").is_in(MEMORY_BOUND_CATEGORIES).fill_null(False)
+    membound = (pl.col("kind") == "memory") | by_category
+    sets = {"compute": compute, "comm": comm, "busy": compute | comm, "memory_bound": membound}
+    spans = pl.concat(
+        [
+            joined.filter(cond).select(*keys, "start_ns", "end_ns", pl.lit(name).alias("_set"))
+            for name, cond in sets.items()
+        ]
+    )
+    unions = _union_ns(spans, [*keys, "_set"])
+    steps = joined.group_by(keys).agg(
+        pl.col("start_ns").min(),
+        pl.col("end_ns").max(),
+        pl.col("wait_ns").filter(comm).sum().alias("wait_ns"),
+    )
+    for name in sets:
+        steps = steps.join(
+            unions.filter(pl.col("_set") == name).select(*keys, pl.col("union_ns").alias(f"_{name}")),
+            on=keys,
+            how="left",
+        )
+    u = {name: pl.col(f"_{name}").fill_null(0) for name in sets}
+    return (
+        steps.select(
+            *keys,
+            "start_ns",
+            "end_ns",
+            (pl.col("end_ns") - pl.col("start_ns")).alias("step_ns"),
+            u["compute"].alias("compute_ns"),
+            u["comm"].alias("comm_ns"),
+            (u["busy"] - u["compute"]).alias("exposed_comm_ns"),
+            "wait_ns",
+            (pl.col("end_ns") - pl.col("start_ns") - u["busy"]).alias("idle_ns"),
+            u["memory_bound"].alias("memory_bound_ns"),
+        )
+        .sort(keys)
+        .cast(ITERATION_BREAKDOWN_SCHEMA)  # type: ignore[arg-type]
+    )
+
+
+def _rank_breakdown(result: ResultLike) -> pl.DataFrame:
     summary = _result(result).summary
     makespan = summary["makespan_ns"] or 0
     rows: list[dict[str, Any]] = [

@@ -339,3 +339,110 @@ def test_compare(dp2: tuple[Result, Trace], tmp_path: Path) -> None:
         compare(result, other, names=["one"])
     assert tracesim.compare is compare and tracesim.breakdown is breakdown
     assert tracesim.category_summary is category_summary
+
+
+def _op(op_id: int, duration: int, *, stream: int = 0, **fields: Any) -> dict[str, Any]:
+    return {
+        "op_id": op_id,
+        "rank": 0,
+        "stream": stream,
+        "name": f"op{op_id}",
+        "kind": fields.pop("kind", "compute"),
+        "category": fields.pop("category", "gemm"),
+        "duration_ns": duration,
+        "iteration": fields.pop("iteration", 0),
+        "deps": fields.pop("deps", []),
+        **fields,
+    }
+
+
+def _coll(op_id: int, duration: int, seq: int, **fields: Any) -> dict[str, Any]:
+    return _op(
+        op_id,
+        duration,
+        stream=1,
+        kind="collective",
+        category="communication",
+        coll="all_reduce",
+        group_id=0,
+        coll_seq=seq,
+        comm_bytes=1 << 20,
+        **fields,
+    )
+
+
+def test_breakdown_by_iteration_hand_built() -> None:
+    """One rank, compute on stream 0 and all-reduces on stream 1 (replayed with the measured
+    durations). Iteration 0: gemm [0,100), elementwise [100,130), all-reduce [0,150).
+    Iteration 1: copy (kind memory) [150,190) after the all-reduce, gemm [190,240), an op
+    without an iteration [240,265) (left out: idle within the step), all-reduce [190,260)
+    after the copy, norm [265,285) after that all-reduce."""
+    rows = [
+        _op(0, 100),
+        _coll(1, 150, 0),
+        _op(2, 30, category="elementwise"),
+        _op(3, 40, kind="memory", category="copy", iteration=1, deps=[1]),
+        _op(4, 50, iteration=1),
+        _op(5, 25, iteration=None),
+        _coll(6, 70, 1, iteration=1, deps=[3]),
+        _op(7, 20, category="norm", iteration=1, deps=[6]),
+    ]
+    keys = sorted({k for r in rows for k in r})
+    trace = Trace.from_tables(
+        {k: [r.get(k) for r in rows] for k in keys}, ranks=1, groups={"group_id": [0], "ranks": [[0]]}
+    )
+    result = tracesim.simulate(trace, "dgx-h100", compute_model="measured")
+    spans = {r["op_id"]: (r["start_ns"], r["end_ns"]) for r in result.timeline.iter_rows(named=True)}
+    assert spans == {
+        0: (0, 100),
+        1: (0, 150),
+        2: (100, 130),
+        3: (150, 190),
+        4: (190, 240),
+        5: (240, 265),
+        6: (190, 260),
+        7: (265, 285),
+    }
+    df = breakdown(result, trace, by="iteration")
+    assert df.columns == [
+        "rank",
+        "iteration",
+        "start_ns",
+        "end_ns",
+        "step_ns",
+        "compute_ns",
+        "comm_ns",
+        "exposed_comm_ns",
+        "wait_ns",
+        "idle_ns",
+        "memory_bound_ns",
+    ]
+    assert df.rows() == [
+        # rank, it, start, end, step, compute, comm, exposed, wait, idle, memory-bound
+        (0, 0, 0, 150, 150, 130, 150, 20, 0, 0, 30),
+        (0, 1, 150, 285, 135, 110, 70, 20, 0, 5, 60),
+    ]
+    # The default stays the per-rank table from the summary.
+    assert breakdown(result).columns == breakdown(result, trace).columns
+    assert "iteration" not in breakdown(result, trace).columns
+
+
+def test_breakdown_by_iteration_matches_summary(dp2: tuple[Result, Trace]) -> None:
+    result, trace = dp2
+    df = breakdown(result, trace, by="iteration")
+    ranks = result.summary["ranks"]
+    assert df["iteration"].unique().to_list() == [0]
+    assert df["rank"].to_list() == [r["rank"] for r in ranks]
+    for col in ("compute_ns", "comm_ns", "exposed_comm_ns", "wait_ns", "idle_ns"):
+        assert df[col].to_list() == [r[col] for r in ranks]
+    assert df["end_ns"].to_list() == [r["end_ns"] for r in ranks]
+    assert (df["step_ns"] == df["end_ns"] - df["start_ns"]).all()
+    assert (df["memory_bound_ns"] <= df["compute_ns"]).all()
+
+
+def test_breakdown_by_iteration_needs_the_trace(dp2: tuple[Result, Trace]) -> None:
+    result, _ = dp2
+    with pytest.raises(TracesimError, match="needs the trace"):
+        breakdown(result, by="iteration")
+    with pytest.raises(ValueError, match="by must be"):
+        breakdown(result, by="layer")  # type: ignore[arg-type]
