@@ -17,24 +17,10 @@ import statistics
 from pathlib import Path
 
 import tracesim
+from tracesim.samples import single_collective
 
 DEFAULT_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "vidur"
 CASES = [("h100_dgx", "dgx-h100", "hopper"), ("a100_dgx", "dgx-a100", "ampere")]
-
-
-def _trace(p: int, nbytes: int) -> tracesim.Trace:
-    ops = {
-        "op_id": list(range(p)),
-        "rank": list(range(p)),
-        "stream": [0] * p,
-        "name": ["all_reduce"] * p,
-        "kind": ["collective"] * p,
-        "coll": ["all_reduce"] * p,
-        "group_id": [0] * p,
-        "coll_seq": [0] * p,
-        "comm_bytes": [nbytes] * p,
-    }
-    return tracesim.Trace.from_tables(ops, ranks=p, groups={"group_id": [0], "ranks": [list(range(p))]})
 
 
 def _rows(data: Path, device: str) -> list[dict[str, str]]:
@@ -47,7 +33,7 @@ def errors(system: tracesim.System, rows: list[dict[str, str]]) -> tuple[float, 
     for r in rows:
         p, n = int(r["num_workers"]), int(r["size"])
         measured = float(r["time_stats.all_reduce.median"]) * 1e6
-        predicted = tracesim.simulate(_trace(p, n), system, compute_model="roofline").makespan_ns
+        predicted = tracesim.simulate(single_collective(p, n), system, compute_model="roofline").makespan_ns
         e.append(abs(predicted - measured) / measured)
     e.sort()
     return statistics.median(e), e[int(0.9 * len(e))], len(e)

@@ -68,7 +68,6 @@ pub fn replay(trace: &Trace, graph: &Graph, models: &Models, mut memory: Option<
     // Transfer times of rendezvous do not depend on the schedule in these models, so they are
     // computed once up front; plain ops are timed as they start.
     let mut transfer = vec![0i64; rdv.len()];
-    let mut rank_buf = Vec::new();
     for (c, t) in transfer.iter_mut().enumerate() {
         let members = rdv.members_of(c);
         let measured = if models.compute.uses_measured_comm() {
@@ -90,10 +89,10 @@ pub fn replay(trace: &Trace, graph: &Graph, models: &Models, mut memory: Option<
                     let (src, dst) = (ops.rank.value(first), ops.rank.value(members[1] as usize));
                     models.network.p2p_ns(bytes, src, dst)
                 } else {
-                    rank_buf.clear();
-                    rank_buf.extend_from_slice(&trace.groups[rdv.group[c] as usize].ranks);
                     let coll = ops.coll(first).unwrap_or(CollKind::Barrier);
-                    models.network.collective_ns(coll, bytes, &rank_buf)
+                    models
+                        .network
+                        .collective_ns(coll, bytes, &trace.groups[rdv.group[c] as usize].ranks)
                 }
             }
         };

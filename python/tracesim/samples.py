@@ -278,3 +278,22 @@ def decode_steps(
         batch=batch,
         tokens=batch * steps,
     )
+
+
+def single_collective(ranks: int, comm_bytes: int, coll: str = "all_reduce") -> Trace:
+    """One collective of `comm_bytes` (nccl-tests convention) over ranks 0..ranks-1 and
+    nothing else, without measured durations: its replay time is the network model's."""
+    ops = {
+        "op_id": list(range(ranks)),
+        "rank": list(range(ranks)),
+        "stream": [0] * ranks,
+        "name": [coll] * ranks,
+        "kind": ["collective"] * ranks,
+        "coll": [coll] * ranks,
+        "group_id": [0] * ranks,
+        "coll_seq": [0] * ranks,
+        "comm_bytes": [comm_bytes] * ranks,
+    }
+    return Trace.from_tables(
+        ops, ranks=ranks, groups={"group_id": [0], "ranks": [list(range(ranks))]}, source="single_collective"
+    )

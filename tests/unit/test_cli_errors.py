@@ -4,34 +4,17 @@ exit code, a traceback only with TRACESIM_DEBUG=1; `validate` and `simulate` on 
 from __future__ import annotations
 
 import json
-import os
 import subprocess
-import sys
 from collections.abc import Callable
 from pathlib import Path
 
 import pyarrow.parquet as pq
 import pytest
 
-from tests.tracedirs import REPO_ROOT, SAMPLE_TRACES, Row, base_groups, base_ops
+from tests.cli import run_cli
+from tests.tracedirs import SAMPLE_TRACES, Row, base_groups, base_ops
 
 TraceWriter = Callable[..., Path]
-
-
-def run_cli(*args: str | Path, debug: bool = False) -> subprocess.CompletedProcess[str]:
-    env = {k: v for k, v in os.environ.items() if k != "TRACESIM_DEBUG"}
-    env.update({"NO_COLOR": "1", "COLUMNS": "200"})
-    if debug:
-        env["TRACESIM_DEBUG"] = "1"
-    return subprocess.run(
-        [sys.executable, "-c", "from tracesim.cli import main; main()", *map(str, args)],
-        capture_output=True,
-        text=True,
-        env=env,
-        cwd=REPO_ROOT,
-        timeout=120,
-        check=False,
-    )
 
 
 def assert_one_line_error(proc: subprocess.CompletedProcess[str], names: str) -> str:

@@ -5,9 +5,6 @@ memory counters, filters, the `tracesim export chrome` command, and table sums."
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 from collections import defaultdict
 from pathlib import Path
 from typing import Any
@@ -16,7 +13,8 @@ import polars as pl
 import pytest
 
 import tracesim
-from tests.tracedirs import REPO_ROOT, SAMPLE_TRACES
+from tests.cli import run_cli
+from tests.tracedirs import SAMPLE_TRACES
 from tracesim import Result, Trace, TracesimError
 from tracesim.analysis import breakdown, category_summary, compare
 from tracesim.export import to_chrome
@@ -244,20 +242,6 @@ def test_bad_arguments(dp2: tuple[Result, Trace], pp8: tuple[Result, Trace]) -> 
         to_chrome(result, trace, start_ns=10, end_ns=5)
     with pytest.raises(TracesimError, match="not the trace this result was replayed from"):
         to_chrome(result, pp8[1])
-
-
-def run_cli(*args: str | Path) -> subprocess.CompletedProcess[str]:
-    env = {k: v for k, v in os.environ.items() if k != "TRACESIM_DEBUG"}
-    env.update({"NO_COLOR": "1", "COLUMNS": "200"})
-    return subprocess.run(
-        [sys.executable, "-c", "from tracesim.cli import main; main()", *map(str, args)],
-        capture_output=True,
-        text=True,
-        env=env,
-        cwd=REPO_ROOT,
-        timeout=120,
-        check=False,
-    )
 
 
 def test_cli_export_chrome(dp2: tuple[Result, Trace], tmp_path: Path) -> None:

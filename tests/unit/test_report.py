@@ -6,17 +6,16 @@ input, and rendering in headless Chromium where one is installed."""
 from __future__ import annotations
 
 import base64
-import os
 import re
 import shutil
 import subprocess
-import sys
 from pathlib import Path
 
 import polars as pl
 import pytest
 
 import tracesim
+from tests.cli import run_cli
 from tests.tracedirs import REPO_ROOT, SAMPLE_TRACES
 from tracesim import TracesimError
 from tracesim.report import SWEEP_FIXED, report, sweep_parameters
@@ -202,20 +201,6 @@ def test_bad_input(tmp_path: Path) -> None:
     (tmp_path / "results.parquet").write_text("not parquet")
     with pytest.raises(TracesimError, match=r"results\.parquet: cannot be read"):
         report(tmp_path)
-
-
-def run_cli(*args: str | Path) -> subprocess.CompletedProcess[str]:
-    env = {k: v for k, v in os.environ.items() if k != "TRACESIM_DEBUG"}
-    env.update({"NO_COLOR": "1", "COLUMNS": "200"})
-    return subprocess.run(
-        [sys.executable, "-c", "from tracesim.cli import main; main()", *map(str, args)],
-        capture_output=True,
-        text=True,
-        env=env,
-        cwd=REPO_ROOT,
-        timeout=120,
-        check=False,
-    )
 
 
 def test_cli_round_trip(dp2_dir: Path, sweep_dir: Path, tmp_path: Path) -> None:

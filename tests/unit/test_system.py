@@ -10,6 +10,7 @@ from hypothesis import strategies as st
 
 import tracesim
 from tests.strategies import traces
+from tracesim.samples import single_collective
 from tracesim.system import preset_names
 
 DESIGN_PRESETS = {
@@ -153,34 +154,19 @@ def test_more_flops_or_memory_bandwidth_never_slower(trace: tracesim.Trace, fact
     assert tracesim.simulate(trace, faster, compute_model="roofline").makespan_ns <= slow
 
 
-def _all_reduce(p: int, nbytes: int) -> tracesim.Trace:
-    ops = {
-        "op_id": list(range(p)),
-        "rank": list(range(p)),
-        "stream": [0] * p,
-        "name": ["ar"] * p,
-        "kind": ["collective"] * p,
-        "coll": ["all_reduce"] * p,
-        "group_id": [0] * p,
-        "coll_seq": [0] * p,
-        "comm_bytes": [nbytes] * p,
-    }
-    return tracesim.Trace.from_tables(ops, ranks=p, groups={"group_id": [0], "ranks": [list(range(p))]})
-
-
 def test_nccl_model_golden_large_all_reduce() -> None:
     """1 GiB all-reduce on 8 GPUs of one node, dgx-h100 (hopper, 16 channels × 24 GB/s): Ring
     Simple wins; busBw = 384 GB/s, algBw = busBw·8/14; latency = 8.4 + 14·3.4 µs."""
     nbytes = 2**30
     expected_us = 8.4 + 14 * 3.4 + nbytes / (1000 * 384 * 8 / 14)
-    got = tracesim.simulate(_all_reduce(8, nbytes), "dgx-h100", compute_model="roofline").makespan_ns
+    got = tracesim.simulate(single_collective(8, nbytes), "dgx-h100", compute_model="roofline").makespan_ns
     assert got == round(expected_us * 1000)
 
 
 def test_nccl_model_small_all_reduce_uses_ll() -> None:
     """1 KiB on 8 GPUs: Ring LL, 6.6 + 14·0.6 µs plus bytes at min(141, 0.5·384) GB/s bus bandwidth."""
     expected_us = 6.6 + 14 * 0.6 + 1024 / (1000 * 141 * 8 / 14)
-    got = tracesim.simulate(_all_reduce(8, 1024), "dgx-h100", compute_model="roofline").makespan_ns
+    got = tracesim.simulate(single_collective(8, 1024), "dgx-h100", compute_model="roofline").makespan_ns
     assert got == round(expected_us * 1000)
 
 

@@ -15,7 +15,7 @@ from rich.table import Table
 from tracesim.exceptions import TracesimError
 from tracesim.simulate import ComputeModelName, NetworkModelName, Result, simulate
 from tracesim.system import load_device, load_system, load_tier, preset_names
-from tracesim.trace import read_trace
+from tracesim.trace import Trace, read_trace, write_trace
 
 app = typer.Typer(
     name="tracesim",
@@ -184,6 +184,14 @@ ingest_app = typer.Typer(
 app.add_typer(ingest_app, name="ingest")
 
 
+def _write_ingested(trace: Trace, report: list[str], out: Path, overwrite: bool) -> None:
+    """Writes an ingested trace and prints its ingest report."""
+    write_trace(trace, out, overwrite=overwrite)
+    console.print(f"[bold]{out}[/bold]: {trace.num_ops:,} ops on {trace.ranks} ranks", highlight=False)
+    for line in report:
+        console.print("  " + line, highlight=False, markup=False)
+
+
 @ingest_app.command(name="kineto")
 def ingest_kineto_cmd(
     files: Annotated[
@@ -198,16 +206,12 @@ def ingest_kineto_cmd(
     """Ingest PyTorch profiler (Kineto) traces and print what was mapped and what was not."""
     from tracesim.exceptions import TraceError
     from tracesim.ingest.kineto import TimeUnit, ingest_kineto
-    from tracesim.trace import write_trace
 
     units: dict[str, TimeUnit] = {"auto": "auto", "us": "us", "ns": "ns"}
     if time_unit not in units:
         raise TraceError(f"--time-unit: expected auto, us or ns, got {time_unit!r}")
     trace, report = ingest_kineto(files, time_unit=units[time_unit])
-    write_trace(trace, out, overwrite=overwrite)
-    console.print(f"[bold]{out}[/bold]: {trace.num_ops:,} ops on {trace.ranks} ranks", highlight=False)
-    for line in report.lines():
-        console.print("  " + line, highlight=False, markup=False)
+    _write_ingested(trace, report.lines(), out, overwrite)
 
 
 export_app = typer.Typer(help="Export a replay result to other tools' formats.", no_args_is_help=True)
@@ -285,16 +289,12 @@ def ingest_chakra_cmd(
     """Ingest Chakra execution traces and print what was mapped and what was not."""
     from tracesim.exceptions import TraceError
     from tracesim.ingest.chakra import DepMode, ingest_chakra
-    from tracesim.trace import write_trace
 
     modes: dict[str, DepMode] = {"data": "data", "ctrl": "ctrl", "both": "both"}
     if deps not in modes:
         raise TraceError(f"--deps: expected data, ctrl or both, got {deps!r}")
     trace, report = ingest_chakra(files, deps=modes[deps])
-    write_trace(trace, out, overwrite=overwrite)
-    console.print(f"[bold]{out}[/bold]: {trace.num_ops:,} ops on {trace.ranks} ranks", highlight=False)
-    for line in report.lines():
-        console.print("  " + line, highlight=False, markup=False)
+    _write_ingested(trace, report.lines(), out, overwrite)
 
 
 @ingest_app.command(name="pytorch-et")
@@ -308,13 +308,9 @@ def ingest_pytorch_et_cmd(
 ) -> None:
     """Ingest PyTorch execution traces (schema 1.0.x/1.1.x) and print what was mapped and what was not."""
     from tracesim.ingest.chakra import ingest_pytorch_et
-    from tracesim.trace import write_trace
 
     trace, report = ingest_pytorch_et(files)
-    write_trace(trace, out, overwrite=overwrite)
-    console.print(f"[bold]{out}[/bold]: {trace.num_ops:,} ops on {trace.ranks} ranks", highlight=False)
-    for line in report.lines():
-        console.print("  " + line, highlight=False, markup=False)
+    _write_ingested(trace, report.lines(), out, overwrite)
 
 
 from tracesim.cli import report as _report  # noqa: E402

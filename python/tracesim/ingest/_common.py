@@ -10,6 +10,7 @@ from typing import Any, Protocol, TypeVar
 
 import pyarrow as pa
 
+from tracesim import format
 from tracesim.exceptions import TraceError
 from tracesim.trace import Trace
 
@@ -66,32 +67,8 @@ NO_PEER_FILES = "collective without its peer ranks (their files absent)"
 OUTSIDE_GROUP = "collective on a rank outside its process group"
 DISAGREE = "collective whose participants disagree on type or size"
 
-# Arrow type of each column of the canonical ops table the ingesters write.
-OP_COLUMN_TYPES: dict[str, pa.DataType] = {
-    "op_id": pa.uint64(),
-    "rank": pa.uint32(),
-    "stream": pa.uint32(),
-    "name": pa.string(),
-    "kind": pa.string(),
-    "category": pa.string(),
-    "dtype": pa.string(),
-    "flops": pa.float64(),
-    "bytes_read": pa.uint64(),
-    "bytes_written": pa.uint64(),
-    "duration_ns": pa.int64(),
-    "start_ns": pa.int64(),
-    "deps": pa.list_(pa.uint64()),
-    "coll": pa.string(),
-    "group_id": pa.uint32(),
-    "coll_seq": pa.uint64(),
-    "comm_bytes": pa.uint64(),
-    "peer": pa.uint32(),
-    "p2p_seq": pa.uint64(),
-    "iteration": pa.uint32(),
-    "gemm_m": pa.uint64(),
-    "gemm_n": pa.uint64(),
-    "gemm_k": pa.uint64(),
-}
+# Arrow type of each column of the canonical ops table, from the one schema definition.
+OP_COLUMN_TYPES: dict[str, pa.DataType] = {name: col.type for name, col in format.OPS.items()}
 
 
 class _CollOp(Protocol):
