@@ -67,7 +67,7 @@ pub fn replay(trace: &Trace, graph: &Graph, models: &Models, mut memory: Option<
 
     // Transfer times of rendezvous do not depend on the schedule in these models, so they are
     // computed once up front; plain ops are timed as they start.
-    let mut transfer = vec![0i64; rdv.len()];
+    let mut transfer = crate::bulk::filled(rdv.len(), 0i64);
     for (c, t) in transfer.iter_mut().enumerate() {
         let members = rdv.members_of(c);
         let measured = if models.compute.uses_measured_comm() {
@@ -98,12 +98,12 @@ pub fn replay(trace: &Trace, graph: &Graph, models: &Models, mut memory: Option<
         };
     }
 
-    let mut pending = graph.pending.clone();
-    let mut ready = vec![0i64; n];
-    let mut end = vec![0i64; n];
-    let mut wait = vec![0i64; n];
-    let mut arrived = vec![0u32; rdv.len()];
-    let mut last_ready = vec![0i64; rdv.len()];
+    let mut pending = crate::bulk::copied(&graph.pending);
+    let mut ready = crate::bulk::filled(n, 0i64);
+    let mut end = crate::bulk::filled(n, 0i64);
+    let mut wait = crate::bulk::filled(n, 0i64);
+    let mut arrived = crate::bulk::filled(rdv.len(), 0u32);
+    let mut last_ready = crate::bulk::filled(rdv.len(), 0i64);
     let mut heap = if memory.is_some() {
         Events::TimeOrdered(BinaryHeap::new())
     } else {

@@ -46,7 +46,7 @@ impl IdIndex {
         let span = max.saturating_sub(min);
         let dup = |i: usize| Error::ops("op_id", Some(ids[i]), "duplicate op_id");
         if span < 2 * ids.len() as u64 + 1024 {
-            let mut table = vec![NONE; span as usize + 1];
+            let mut table = crate::bulk::filled(span as usize + 1, NONE);
             for (i, &id) in ids.iter().enumerate() {
                 let slot = &mut table[(id - min) as usize];
                 if *slot != NONE {
@@ -186,7 +186,7 @@ impl Graph {
             }
         }
         let index = IdIndex::build(trace)?;
-        let mut pending = vec![0u32; n];
+        let mut pending = crate::bulk::filled(n, 0u32);
         let (stream_next, stream_heads) = stream_order(trace, &mut pending);
         let (succ_offsets, succ) = successors(trace, &index, &mut pending)?;
         let (instance_of, rendezvous) = rendezvous(trace)?;
@@ -222,7 +222,7 @@ fn stream_order_presorted(trace: &Trace, pending: &mut [u32]) -> Option<(Vec<u32
     let ids = ops.op_id.values();
     // Per rank, its streams and the last row seen on each; ranks have few streams.
     let mut last: Vec<Vec<(u32, u32)>> = vec![Vec::new(); trace.ranks as usize];
-    let mut next = vec![NONE; n];
+    let mut next = crate::bulk::filled(n, NONE);
     let mut heads: Vec<(u32, u32, u32)> = Vec::new();
     for i in 0..n {
         let (r, st) = (ranks[i], streams[i]);
@@ -255,7 +255,7 @@ fn stream_order_sorted(trace: &Trace, pending: &mut [u32]) -> (Vec<u32>, Vec<u32
     let ids = ops.op_id.values();
     // Slot per (rank, stream); consecutive rows usually share it, so cache the last lookup.
     let mut slots: IdMap<(u32, u32), u32> = IdMap::default();
-    let mut slot_of = vec![0u32; n];
+    let mut slot_of = crate::bulk::filled(n, 0u32);
     let mut counts: Vec<u32> = Vec::new();
     let mut last: Option<((u32, u32), u32)> = None;
     for i in 0..n {
@@ -283,14 +283,14 @@ fn stream_order_sorted(trace: &Trace, pending: &mut [u32]) -> (Vec<u32>, Vec<u32
         starts.push(acc);
     }
     let mut fill = starts.clone();
-    let mut order = vec![0u32; n];
+    let mut order = crate::bulk::filled(n, 0u32);
     for i in 0..n {
         let s = slot_of[i] as usize;
         order[fill[s] as usize] = i as u32;
         fill[s] += 1;
     }
     drop(slot_of);
-    let mut stream_next = vec![NONE; n];
+    let mut stream_next = crate::bulk::filled(n, NONE);
     let mut heads = Vec::with_capacity(counts.len());
     // Slots in (rank, stream) order so reports and heads are deterministic.
     let mut keyed: Vec<((u32, u32), u32)> = slots.into_iter().collect();
@@ -312,7 +312,7 @@ fn stream_order_sorted(trace: &Trace, pending: &mut [u32]) -> (Vec<u32>, Vec<u32
 fn successors(trace: &Trace, index: &IdIndex, pending: &mut [u32]) -> Result<(Vec<u32>, Vec<u32>)> {
     let ops = &trace.ops;
     let n = ops.len();
-    let mut offsets = vec![0u32; n + 1];
+    let mut offsets = crate::bulk::filled(n + 1, 0u32);
     let mut total: u64 = 0;
     for i in 0..n {
         for &d in ops.deps_of(i) {
@@ -338,8 +338,8 @@ fn successors(trace: &Trace, index: &IdIndex, pending: &mut [u32]) -> Result<(Ve
     for i in 0..n {
         offsets[i + 1] += offsets[i];
     }
-    let mut fill = offsets.clone();
-    let mut succ = vec![0u32; total as usize];
+    let mut fill = crate::bulk::copied(&offsets);
+    let mut succ = crate::bulk::filled(total as usize, 0u32);
     for i in 0..n {
         for &d in ops.deps_of(i) {
             if let Some(j) = index.get(d) {
@@ -399,7 +399,7 @@ fn rendezvous(trace: &Trace) -> Result<(Vec<u32>, Rendezvous)> {
         }
     };
 
-    let mut instance_of = vec![NONE; n];
+    let mut instance_of = crate::bulk::filled(n, NONE);
     let mut coll_key: Vec<SeqIndex> = (0..trace.groups.len()).map(|_| SeqIndex::default()).collect();
     let mut coll_group: Vec<u32> = Vec::new();
     let mut counts: Vec<u32> = Vec::new();
@@ -504,8 +504,8 @@ fn rendezvous(trace: &Trace) -> Result<(Vec<u32>, Rendezvous)> {
         acc += c;
         offsets.push(acc);
     }
-    let mut members = vec![0u32; acc as usize + 2 * p2p_sides.len()];
-    let mut fill = offsets.clone();
+    let mut members = crate::bulk::filled(acc as usize + 2 * p2p_sides.len(), 0u32);
+    let mut fill = crate::bulk::copied(&offsets);
     for i in 0..n {
         if ops.kind[i] == OpKind::Collective {
             let c = instance_of[i] as usize;
@@ -653,7 +653,7 @@ fn fmt_opt(v: Option<u64>) -> String {
 /// A dependency cycle through stream order and deps, as op_ids, if there is one.
 pub fn find_cycle(trace: &Trace, graph: &Graph) -> Option<Vec<u64>> {
     let n = trace.ops.len();
-    let mut pending = graph.pending.clone();
+    let mut pending = crate::bulk::copied(&graph.pending);
     let mut stack: Vec<u32> = (0..n as u32).filter(|&i| pending[i as usize] == 0).collect();
     let mut done = 0usize;
     while let Some(i) = stack.pop() {

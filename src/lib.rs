@@ -6,6 +6,7 @@
 // than zipped iterators.
 #![allow(clippy::needless_range_loop)]
 
+mod bulk;
 pub mod engine;
 pub mod error;
 pub mod graph;

@@ -72,7 +72,7 @@ pub fn op_energy(
     memory: Option<&MemoryState>,
 ) -> (Vec<f64>, EnergyBreakdown) {
     let ops = &trace.ops;
-    let mut energy = vec![0.0; ops.len()];
+    let mut energy = crate::bulk::filled(ops.len(), 0.0);
     let mut total = EnergyBreakdown::default();
     let memory_state = memory;
     let rdv = &graph.rendezvous;
@@ -413,7 +413,7 @@ pub fn summarize(
         bounds.push((at, at + c, at + c + m));
         at += c + m;
     }
-    let mut flat = vec![(0i64, 0i64); at];
+    let mut flat = crate::bulk::filled(at, (0i64, 0i64));
     for k in 0..n {
         let r = ops.rank.value(k) as usize;
         let span = (schedule.start_ns[k], schedule.end_ns[k]);
