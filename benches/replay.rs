@@ -552,10 +552,11 @@ fn case(ranks: u32, args: &Args) {
 
     // The phases of `simulate`, one at a time.
     let compute = options.compute.build(&system, None).expect("measured mode builds");
-    let network = AnalyticalNetwork { system: &system };
+    let network = AnalyticalNetwork::new(&system).expect("the preset's network builds");
     let models = engine::Models {
         compute: compute.as_ref(),
         network: &network as &dyn NetworkModel,
+        flow: false,
         system: &system,
     };
     let (build, graph, build_peak) = best(args.repeat, || graph::Graph::build(&trace).expect("valid"));

@@ -6,6 +6,7 @@ use std::collections::BinaryHeap;
 use crate::error::{BlockedOp, Error, Result};
 use crate::graph::{cycle_error, find_cycle, Graph, NONE};
 use crate::memory::MemoryState;
+use crate::model::flow::{p2p_plan, FlowSim};
 use crate::model::{ComputeModel, NetworkModel, TimeSource};
 use crate::system::System;
 use crate::trace::{CollKind, OpKind, Trace};
@@ -22,13 +23,21 @@ pub struct Schedule {
     pub untimed_ops: u64,
     /// Collectives and sends whose size was unknown when the network model needed it.
     pub unsized_comm_ops: u64,
+    /// Flow-level model only: time each fabric link carried at least one flow.
+    pub link_busy_ns: Option<Vec<f64>>,
 }
 
 pub struct Models<'a> {
     pub compute: &'a dyn ComputeModel,
     pub network: &'a dyn NetworkModel,
     pub system: &'a System,
+    /// Flow-level network: transfers the network times share links with whatever else is in
+    /// flight, so their times depend on the schedule.
+    pub flow: bool,
 }
+
+/// `transfer` of a rendezvous the flow-level model times as it runs.
+const FLOW_TIMED: i64 = -1;
 
 /// Completions waiting to be processed. Time order matters only when the state an op meets
 /// depends on what ran before it in time (memory placement); otherwise every op's times are a
@@ -44,6 +53,13 @@ impl Events {
         match self {
             Events::TimeOrdered(h) => h.push(Reverse((time, op))),
             Events::AnyOrder(v) => v.push((time, op)),
+        }
+    }
+
+    fn peek_time(&self) -> Option<i64> {
+        match self {
+            Events::TimeOrdered(h) => h.peek().map(|Reverse((t, _))| *t),
+            Events::AnyOrder(v) => v.last().map(|&(t, _)| t),
         }
     }
 
@@ -68,6 +84,7 @@ pub fn replay(trace: &Trace, graph: &Graph, models: &Models, mut memory: Option<
     // Transfer times of rendezvous do not depend on the schedule in these models, so they are
     // computed once up front; plain ops are timed as they start.
     let mut transfer = crate::bulk::filled(rdv.len(), 0i64);
+    let mut flow_bytes = if models.flow { vec![0u64; rdv.len()] } else { Vec::new() };
     for (c, t) in transfer.iter_mut().enumerate() {
         let members = rdv.members_of(c);
         let measured = if models.compute.uses_measured_comm() {
@@ -85,7 +102,10 @@ pub fn replay(trace: &Trace, graph: &Graph, models: &Models, mut memory: Option<
                     }
                     0
                 });
-                if rdv.group[c] == NONE {
+                if models.flow {
+                    flow_bytes[c] = bytes;
+                    FLOW_TIMED
+                } else if rdv.group[c] == NONE {
                     let (src, dst) = (ops.rank.value(first), ops.rank.value(members[1] as usize));
                     models.network.p2p_ns(bytes, src, dst)
                 } else {
@@ -104,7 +124,8 @@ pub fn replay(trace: &Trace, graph: &Graph, models: &Models, mut memory: Option<
     let mut wait = crate::bulk::filled(n, 0i64);
     let mut arrived = crate::bulk::filled(rdv.len(), 0u32);
     let mut last_ready = crate::bulk::filled(rdv.len(), 0i64);
-    let mut heap = if memory.is_some() {
+    let mut sim = models.flow.then(|| FlowSim::new(models.network.fabric(), rdv.len()));
+    let mut heap = if memory.is_some() || sim.is_some() {
         Events::TimeOrdered(BinaryHeap::new())
     } else {
         Events::AnyOrder(Vec::new())
@@ -119,7 +140,8 @@ pub fn replay(trace: &Trace, graph: &Graph, models: &Models, mut memory: Option<
                         heap: &mut Events,
                         end: &mut [i64],
                         wait: &mut [i64],
-                        memory: &mut Option<&mut MemoryState>|
+                        memory: &mut Option<&mut MemoryState>,
+                        sim: &mut Option<FlowSim>|
      -> Result<()> {
         if let Some(mem) = memory.as_deref_mut() {
             for &t in mem.plan.allocs_at(i) {
@@ -144,6 +166,29 @@ pub fn replay(trace: &Trace, graph: &Graph, models: &Models, mut memory: Option<
         last_ready[c] = last_ready[c].max(ready[i]);
         let members = rdv.members_of(c);
         if arrived[c] as usize == members.len() {
+            if transfer[c] == FLOW_TIMED {
+                for &m in members {
+                    wait[m as usize] = last_ready[c] - ready[m as usize];
+                }
+                if let Some(sim) = sim.as_mut() {
+                    let first = members[0] as usize;
+                    let plan = if rdv.group[c] == NONE {
+                        let (src, dst) = (ops.rank.value(first), ops.peer(first).unwrap_or(0));
+                        let (src, dst) = if ops.kind[first] == OpKind::Send {
+                            (src, dst)
+                        } else {
+                            (dst, src)
+                        };
+                        std::sync::Arc::new(p2p_plan(models.network.fabric(), src, dst))
+                    } else {
+                        let coll = ops.coll(first).unwrap_or(CollKind::Barrier);
+                        let ranks = &trace.groups[rdv.group[c] as usize].ranks;
+                        models.network.collective_plan(coll, flow_bytes[c], ranks)
+                    };
+                    sim.start(c as u32, last_ready[c] as f64, plan, flow_bytes[c]);
+                }
+                return Ok(());
+            }
             let e = last_ready[c].checked_add(transfer[c]).ok_or_else(|| overflow(i))?;
             for &m in members {
                 let m = m as usize;
@@ -162,10 +207,34 @@ pub fn replay(trace: &Trace, graph: &Graph, models: &Models, mut memory: Option<
     }
     for i in 0..n {
         if pending[i] == 0 {
-            on_ready(i, &ready, &mut heap, &mut end, &mut wait, &mut memory)?;
+            on_ready(i, &ready, &mut heap, &mut end, &mut wait, &mut memory, &mut sim)?;
         }
     }
-    while let Some((t, i)) = heap.pop() {
+    loop {
+        // Flow-level: network events due no later than the next op completion go first.
+        if let Some(s) = sim.as_mut() {
+            loop {
+                for (c, t) in s.take_finished() {
+                    let c = c as usize;
+                    let e = t.ceil() as i64;
+                    for &m in rdv.members_of(c) {
+                        end[m as usize] = e;
+                        heap.push(e, m);
+                    }
+                }
+                let next_op = heap.peek_time();
+                match s.next_time() {
+                    Some(tf) if next_op.is_none_or(|to| tf <= to as f64) => s.advance(tf),
+                    _ => break,
+                }
+            }
+        }
+        let Some((t, i)) = heap.pop() else {
+            if sim.as_ref().is_some_and(|s| s.next_time().is_some()) {
+                continue;
+            }
+            break;
+        };
         done += 1;
         let i = i as usize;
         if let Some(mem) = memory.as_deref_mut() {
@@ -179,7 +248,7 @@ pub fn replay(trace: &Trace, graph: &Graph, models: &Models, mut memory: Option<
             ready[s] = ready[s].max(t);
             pending[s] -= 1;
             if pending[s] == 0 {
-                on_ready(s, &ready, &mut heap, &mut end, &mut wait, &mut memory)?;
+                on_ready(s, &ready, &mut heap, &mut end, &mut wait, &mut memory, &mut sim)?;
             }
         }
         for &s in graph.successors(i) {
@@ -187,7 +256,7 @@ pub fn replay(trace: &Trace, graph: &Graph, models: &Models, mut memory: Option<
             ready[s] = ready[s].max(t);
             pending[s] -= 1;
             if pending[s] == 0 {
-                on_ready(s, &ready, &mut heap, &mut end, &mut wait, &mut memory)?;
+                on_ready(s, &ready, &mut heap, &mut end, &mut wait, &mut memory, &mut sim)?;
             }
         }
     }
@@ -203,6 +272,7 @@ pub fn replay(trace: &Trace, graph: &Graph, models: &Models, mut memory: Option<
         wait_ns: wait,
         untimed_ops,
         unsized_comm_ops,
+        link_busy_ns: sim.map(|s| s.busy_ns),
     })
 }
 

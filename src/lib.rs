@@ -64,13 +64,9 @@ pub fn simulate_with_memory(
     allow_oom: bool,
 ) -> Result<Outcome> {
     let compute = options.compute.build(system, source)?;
-    let network: Box<dyn NetworkModel> = match options.network.as_str() {
-        "analytical" => Box::new(AnalyticalNetwork { system }),
-        "flow" => {
-            return Err(Error::Config(
-                "network model 'flow' is not available yet; use --network analytical".into(),
-            ))
-        }
+    let flow = match options.network.as_str() {
+        "analytical" => false,
+        "flow" => true,
         other => {
             return Err(Error::Config(format!(
                 "unknown network model {other:?}; expected analytical or flow"
@@ -88,19 +84,21 @@ pub fn simulate_with_memory(
         )));
     }
     check_tier_moves(trace, system)?;
+    let network = AnalyticalNetwork::new(system)?;
     let graph = graph::Graph::build(trace)?;
     let models = engine::Models {
         compute: compute.as_ref(),
-        network: network.as_ref(),
+        network: &network,
         system,
+        flow,
     };
     let mut state = plan
         .map(|p| memory::MemoryState::new(p, system, trace.ranks, allow_oom))
         .transpose()?;
     let schedule = engine::replay(trace, &graph, &models, state.as_mut())?;
-    let (energy_j, energy) = summary::op_energy(trace, &graph, system, network.as_ref(), state.as_ref());
+    let (energy_j, energy) = summary::op_energy(trace, &graph, system, &network, state.as_ref());
     let mut summary = summary::summarize(trace, system, &schedule, energy, Vec::new());
-    let links = summary::link_traffic(trace, &graph, system, network.as_ref());
+    let links = summary::link_traffic(trace, &graph, &network, schedule.link_busy_ns.as_deref());
     let mut memory_events = Vec::new();
     if let Some(state) = state {
         summary::add_memory(&mut summary, trace, system, &state);
@@ -113,7 +111,7 @@ pub fn simulate_with_memory(
         links,
         summary,
         compute_model: compute.name(),
-        network_model: network.name(),
+        network_model: if flow { "flow" } else { network.name() },
     })
 }
 

@@ -130,21 +130,33 @@ pub fn op_energy(
     (energy, total)
 }
 
-/// Traffic of every link (two per rank: scale-up and scale-out) over the replay.
+/// Traffic of every fabric link over the replay.
 #[derive(Debug, Clone, Default)]
 pub struct LinkTraffic {
-    /// Bytes sent, indexed by rank × 2 + level.
-    pub bytes: Vec<f64>,
+    pub rows: Vec<LinkRow>,
 }
 
-/// Bytes each rank sends on its scale-up and scale-out links, from every collective instance
-/// and send/recv pair.
-pub fn link_traffic(trace: &Trace, graph: &Graph, system: &System, network: &dyn NetworkModel) -> LinkTraffic {
-    use crate::model::network::{SCALE_OUT, SCALE_UP};
+#[derive(Debug, Clone)]
+pub struct LinkRow {
+    /// The device the link leaves, if it leaves one.
+    pub rank: Option<u32>,
+    pub level: &'static str,
+    pub src: String,
+    pub dst: String,
+    pub bytes: f64,
+    /// Time the link carried traffic: bytes over bandwidth in the analytical model, time
+    /// with at least one flow in the flow-level model.
+    pub busy_ns: i64,
+    pub energy_j: f64,
+}
+
+/// Bytes on every fabric link from every collective instance and send/recv pair; `busy_ns`
+/// per link where the flow-level model measured it.
+pub fn link_traffic(trace: &Trace, graph: &Graph, network: &dyn NetworkModel, busy_ns: Option<&[f64]>) -> LinkTraffic {
     let ops = &trace.ops;
     let rdv = &graph.rendezvous;
-    let mut bytes = vec![0.0; trace.ranks as usize * 2];
-    let mut buf = Vec::new();
+    let fabric = network.fabric();
+    let mut bytes = vec![0.0; fabric.links.len()];
     for c in 0..rdv.len() {
         let first = rdv.members_of(c)[0] as usize;
         let n = ops.comm_bytes(first).unwrap_or(0);
@@ -155,21 +167,28 @@ pub fn link_traffic(trace: &Trace, graph: &Graph, system: &System, network: &dyn
             } else {
                 (dst, src)
             };
-            let level = if system.node_of(src) == system.node_of(dst) {
-                SCALE_UP
-            } else {
-                SCALE_OUT
-            };
-            bytes[src as usize * 2 + level as usize] += n as f64;
+            network.add_p2p_traffic(n, src, dst, &mut bytes);
         } else {
             let ranks = &trace.groups[rdv.group[c] as usize].ranks;
-            network.collective_link_bytes(ops.coll(first).unwrap_or(CollKind::Barrier), n, ranks, &mut buf);
-            for &(r, level, b) in &buf {
-                bytes[r as usize * 2 + level as usize] += b;
-            }
+            network.add_collective_traffic(ops.coll(first).unwrap_or(CollKind::Barrier), n, ranks, &mut bytes);
         }
     }
-    LinkTraffic { bytes }
+    let rows = fabric
+        .links
+        .iter()
+        .zip(bytes)
+        .enumerate()
+        .map(|(k, (l, b))| LinkRow {
+            rank: (l.src < fabric.devices).then_some(l.src),
+            level: l.level,
+            src: fabric.node_name(l.src).to_string(),
+            dst: fabric.node_name(l.dst).to_string(),
+            bytes: b,
+            busy_ns: busy_ns.map_or(b / l.bw_bytes * 1e9, |busy| busy[k]).round() as i64,
+            energy_j: b * 8.0 * l.energy_pj_per_bit * 1e-12,
+        })
+        .collect();
+    LinkTraffic { rows }
 }
 
 /// (tier, bytes read, bytes written) of a compute or memory op: from its accesses and the

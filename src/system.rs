@@ -159,6 +159,55 @@ pub struct Network {
     /// ring α-β over the links.
     #[serde(default)]
     pub nccl: Option<crate::model::nccl::NcclTuning>,
+    /// How devices, switches and links are wired; absent means one scale-up switch per node
+    /// and one non-blocking scale-out switch per rail.
+    #[serde(default)]
+    pub topology: Option<TopologySpec>,
+    /// Collective algorithm: "auto" (NCCL's model where it applies, else the fastest of the
+    /// algorithms the topology supports), or one of [`crate::model::collectives::Algorithm`].
+    #[serde(default)]
+    pub algorithm: Option<String>,
+}
+
+/// `[network.topology]`: one flat table, fields checked per `kind` by
+/// [`crate::model::topology::Fabric::build`] so a misplaced field is an error naming it.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TopologySpec {
+    /// switched | torus | ring | fully_connected | custom | ocs
+    pub kind: String,
+    /// switched, ocs: devices per scale-up (NVSwitch) domain; default devices_per_node.
+    pub scale_up_domain: Option<u32>,
+    /// switched: nodes under one leaf switch per rail; default all nodes.
+    pub nodes_per_leaf: Option<u32>,
+    /// switched: leaf downlink over uplink bandwidth; default 1 (non-blocking).
+    pub oversubscription: Option<f64>,
+    /// switched: latency of a leaf–spine hop; default 0.
+    pub spine_latency_ns: Option<f64>,
+    /// switched: switches reduce in the network (NVLS inside a domain, SHARP across).
+    pub in_network_reduction: Option<bool>,
+    /// torus: devices per dimension; their product is the device count.
+    pub dims: Option<Vec<u32>>,
+    /// custom: bidirectional edges between "gpu<k>" devices and named switches.
+    pub edges: Option<Vec<EdgeSpec>>,
+    /// ocs: optical ports per device, each of network.scale_out's bandwidth.
+    pub ports_per_device: Option<u32>,
+    /// ocs: circuit reconfiguration delay.
+    pub reconfig_ns: Option<f64>,
+    /// ocs: static | per_collective | per_step.
+    pub policy: Option<String>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EdgeSpec {
+    pub a: String,
+    pub b: String,
+    pub bw_bytes: f64,
+    #[serde(default)]
+    pub latency_ns: f64,
+    #[serde(default)]
+    pub energy_pj_per_bit: f64,
 }
 
 #[derive(Debug, Clone, Deserialize)]

@@ -93,7 +93,7 @@ fn simulate<'py>(
                 crate::simulate_with_memory(&trace, plan.as_ref(), &system, source.as_ref(), &options, allow_oom)?;
             let summary = serde_json::to_string(&out.summary).map_err(|e| crate::Error::Config(e.to_string()))?;
             let memory = memory_batch(&system, &out.memory_events)?;
-            let links = links_batch(&system, &out.links, out.summary.makespan_ns)?;
+            let links = links_batch(&out.links, out.summary.makespan_ns)?;
             let batch = timeline_batch(&trace, out.schedule, out.energy_j)?;
             Ok((batch, memory, links, summary, out.compute_model, out.network_model))
         })
@@ -164,50 +164,39 @@ fn memory_batch(system: &System, events: &[crate::memory::MemoryEvent]) -> crate
     .map_err(|e| crate::Error::Config(format!("building the memory table: {e}")))
 }
 
-/// links.parquet: per rank, what it sent on its scale-up and scale-out links.
-fn links_batch(system: &System, links: &crate::summary::LinkTraffic, makespan_ns: i64) -> crate::Result<RecordBatch> {
-    let n = links.bytes.len();
-    let level = |k: usize| {
-        if k % 2 == 0 {
-            &system.network.scale_up
-        } else {
-            &system.network.scale_out
-        }
-    };
-    let busy: Vec<i64> = (0..n)
-        .map(|k| (links.bytes[k] / level(k).bw_bytes * 1e9).round() as i64)
-        .collect();
+/// links.parquet: one row per directed fabric link.
+fn links_batch(links: &crate::summary::LinkTraffic, makespan_ns: i64) -> crate::Result<RecordBatch> {
+    let rows = &links.rows;
     let schema = Schema::new(vec![
-        Field::new("rank", DataType::UInt32, false),
+        Field::new("rank", DataType::UInt32, true),
         Field::new("link", DataType::Utf8, false),
+        Field::new("src", DataType::Utf8, false),
+        Field::new("dst", DataType::Utf8, false),
         Field::new("bytes", DataType::Float64, false),
         Field::new("busy_ns", DataType::Int64, false),
         Field::new("utilisation", DataType::Float64, false),
         Field::new("energy_j", DataType::Float64, false),
     ]);
+    let utilisation = |busy: i64| {
+        if makespan_ns > 0 {
+            busy as f64 / makespan_ns as f64
+        } else {
+            0.0
+        }
+    };
     RecordBatch::try_new(
         Arc::new(schema),
         vec![
-            Arc::new(UInt32Array::from_iter_values((0..n).map(|k| (k / 2) as u32))),
-            Arc::new(StringArray::from_iter_values((0..n).map(|k| {
-                if k % 2 == 0 {
-                    "scale_up"
-                } else {
-                    "scale_out"
-                }
-            }))),
-            Arc::new(Float64Array::from(links.bytes.clone())),
-            Arc::new(Int64Array::from_iter_values(busy.iter().copied())),
-            Arc::new(Float64Array::from_iter_values(busy.iter().map(|&b| {
-                if makespan_ns > 0 {
-                    b as f64 / makespan_ns as f64
-                } else {
-                    0.0
-                }
-            }))),
+            Arc::new(UInt32Array::from_iter(rows.iter().map(|r| r.rank))),
+            Arc::new(StringArray::from_iter_values(rows.iter().map(|r| r.level))),
+            Arc::new(StringArray::from_iter_values(rows.iter().map(|r| r.src.as_str()))),
+            Arc::new(StringArray::from_iter_values(rows.iter().map(|r| r.dst.as_str()))),
+            Arc::new(Float64Array::from_iter_values(rows.iter().map(|r| r.bytes))),
+            Arc::new(Int64Array::from_iter_values(rows.iter().map(|r| r.busy_ns))),
             Arc::new(Float64Array::from_iter_values(
-                (0..n).map(|k| links.bytes[k] * 8.0 * level(k).energy_pj_per_bit * 1e-12),
+                rows.iter().map(|r| utilisation(r.busy_ns)),
             )),
+            Arc::new(Float64Array::from_iter_values(rows.iter().map(|r| r.energy_j))),
         ],
     )
     .map_err(|e| crate::Error::Config(format!("building the links table: {e}")))

@@ -85,7 +85,9 @@ def test_dp2_hand_checked_figures() -> None:
 
 def _ring_alpha_beta(system: tracesim.System) -> tracesim.System:
     """The system without its NCCL cost model: collectives as ring α-β over the links."""
-    return system.model_copy(update={"network": system.network.model_copy(update={"nccl": None})})
+    return system.model_copy(
+        update={"network": system.network.model_copy(update={"nccl": None, "algorithm": "ring"})}
+    )
 
 
 def test_two_node_allreduce_is_bound_by_scale_out() -> None:
@@ -113,8 +115,12 @@ def test_links_carry_the_ring_bytes() -> None:
     result = tracesim.simulate(TRACES / "dp2_allreduce", "dgx-h100")
     assert result.links is not None
     per_rank = 4 * (2 * 0.5 * 4096 * 4096 * 2)
-    up = result.links.filter(result.links["link"] == "scale_up")
-    assert up["bytes"].to_list() == [per_rank, per_rank]
+    scale_up = result.links.filter(result.links["link"] == "scale_up")
+    # Rows are directed links; `rank` is set on the link that leaves a device.
+    up = scale_up.filter(scale_up["rank"].is_not_null()).sort("rank")
+    assert up["bytes"].to_list() == [per_rank, per_rank] + [0.0] * 6
+    down = scale_up.filter(scale_up["dst"].is_in(["gpu0", "gpu1"]))
+    assert down["bytes"].to_list() == [per_rank, per_rank]
     assert result.links.filter(result.links["link"] == "scale_out")["bytes"].sum() == 0
     busy = up["busy_ns"][0]
     assert busy == round(per_rank / 450e9 * 1e9)
@@ -125,7 +131,9 @@ def test_links_carry_the_ring_bytes() -> None:
 
 def test_ring_crosses_nodes_at_two_ranks() -> None:
     """dp16 on two DGX nodes: in ring order 0..15 only ranks 7 and 15 send to the other node."""
-    result = tracesim.simulate(TRACES / "dp16_two_nodes", "dgx-h100")
+    system = tracesim.load_system("dgx-h100", overrides=["network.algorithm=ring"])
+    result = tracesim.simulate(TRACES / "dp16_two_nodes", system)
     assert result.links is not None
-    out = result.links.filter((result.links["link"] == "scale_out") & (result.links["bytes"] > 0))
+    links = result.links
+    out = links.filter((links["link"] == "scale_out") & (links["bytes"] > 0) & links["rank"].is_not_null())
     assert out["rank"].to_list() == [7, 15]

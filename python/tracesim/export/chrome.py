@@ -262,6 +262,9 @@ def _link_events(
 ) -> list[dict[str, Any]]:
     """The average utilisation of each (rank, link level) over the replay, as a counter with two
     samples of the same value: at the start and at the end of the replay (or of the window)."""
+    # Links that leave a device belong to its rank; switch-to-switch and switch-to-device
+    # links have no rank and no process to draw on.
+    links = links.filter(pl.col("rank").is_not_null())
     if ranks is not None:
         links = links.filter(pl.col("rank").is_in(list(ranks)))
     first = max(0, start_ns) if start_ns is not None else 0
