@@ -13,12 +13,15 @@ import pyarrow as pa
 
 from tracesim import _core
 from tracesim._atomic import atomic_directory
-from tracesim.exceptions import SystemConfigError, TraceError
+from tracesim.exceptions import SystemConfigError, TraceError, TracesimError
 from tracesim.system import System, load_system, preset_names
 from tracesim.trace import Trace, read_trace
 
 ComputeModelName = Literal["auto", "measured", "roofline", "retime"]
 NetworkModelName = Literal["analytical", "flow"]
+# Version of the result directory layout (summary.json `format_version`, docs/results.md).
+# Results written before it was recorded are version 1; read_result refuses newer ones.
+RESULT_FORMAT_VERSION = 1
 
 
 @dataclass
@@ -45,17 +48,32 @@ class Result:
                 self.memory.write_parquet(tmp / "memory.parquet")
             if self.links is not None:
                 self.links.write_parquet(tmp / "links.parquet")
-            (tmp / "summary.json").write_text(json.dumps(self.summary, indent=2) + "\n")
+            summary = {"format_version": RESULT_FORMAT_VERSION, **self.summary}
+            (tmp / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
         return root
 
 
 def read_result(path: str | os.PathLike[str]) -> Result:
+    """Reads a result directory written by `Result.write`; refuses one whose summary.json
+    `format_version` is newer than RESULT_FORMAT_VERSION (a missing version is 1)."""
     root = Path(path)
     memory = root / "memory.parquet"
     links = root / "links.parquet"
+    summary = json.loads((root / "summary.json").read_text())
+    version = summary.get("format_version", 1) if isinstance(summary, dict) else None
+    if not isinstance(version, int) or isinstance(version, bool) or version < 1:
+        raise TracesimError(
+            f"{root / 'summary.json'}: field 'format_version': expected a positive integer, got {version!r}"
+        )
+    if version > RESULT_FORMAT_VERSION:
+        raise TracesimError(
+            f"{root / 'summary.json'}: field 'format_version': result format version {version} is "
+            f"newer than tracesim {_core.__version__} can read (up to {RESULT_FORMAT_VERSION}); "
+            "upgrade tracesim"
+        )
     return Result(
         timeline=pl.read_parquet(root / "timeline.parquet"),
-        summary=json.loads((root / "summary.json").read_text()),
+        summary=summary,
         memory=pl.read_parquet(memory) if memory.exists() else None,
         links=pl.read_parquet(links) if links.exists() else None,
     )
@@ -150,7 +168,7 @@ def simulate(
         raise SystemConfigError(f"{system.name}: {e}") from None
     timeline = pl.DataFrame(pa.Table.from_batches([batch]))
     memory = pl.DataFrame(pa.Table.from_batches([memory_batch])) if trace.tensors is not None else None
-    summary: dict[str, Any] = json.loads(summary_json)
+    summary: dict[str, Any] = {"format_version": RESULT_FORMAT_VERSION, **json.loads(summary_json)}
     links = pl.DataFrame(pa.Table.from_batches([links_batch]))
     per_level = links.group_by("link").agg(
         pl.col("bytes").sum(),
@@ -159,6 +177,11 @@ def simulate(
         pl.col("utilisation").mean().alias("mean_utilisation"),
     )
     summary["network"] = {row.pop("link"): row for row in per_level.sort("link", descending=True).to_dicts()}
+    exposure = system.link_exposure()
+    for level, info in exposure.items():
+        summary["network"].setdefault(level, {}).update(info)
+    known = [info["failures_per_year"] for info in exposure.values() if info["failures_per_year"] is not None]
+    summary["link_failures_per_year"] = sum(known) if known else None
     if system.device.static_power_w == 0:
         warnings.append(f"device {system.device.name} has no static_power_w; energy excludes static power")
     summary["warnings"] = summary.get("warnings", []) + warnings
@@ -168,4 +191,11 @@ def simulate(
     summary["source_system"] = None if source is None else source.name
     path = None if trace.path is None else str(trace.path.resolve())
     summary["trace"] = {"path": path, "ranks": trace.ranks}
+    if isinstance(trace.meta.get("serving"), dict):  # request bookkeeping of `synth infer`
+        from tracesim.synth.infer import serving_metrics
+
+        try:
+            summary["serving"] = serving_metrics(timeline, trace)
+        except TraceError as e:
+            summary["warnings"].append(f"{where}/{e}; no serving metrics")
     return Result(timeline=timeline, summary=summary, memory=memory, links=links)

@@ -16,7 +16,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 from tracesim.exceptions import SystemConfigError
 from tracesim.format import Category, Dtype, TensorClass
 
-PRESET_KINDS = ("systems", "devices", "tiers")
+PRESET_KINDS = ("systems", "devices", "tiers", "links")
 
 
 class _Strict(BaseModel):
@@ -86,6 +86,60 @@ class Link(_Strict):
     bw_bytes: float = Field(gt=0, description="bytes/s per direction, per device")
     latency_ns: float = Field(ge=0)
     energy_pj_per_bit: float = Field(default=0.0, ge=0)
+    # Link technology (a presets/links/ name, `link = "cpo"`): resolved by the loader into the
+    # numbers above (see _expand_link); kept for failure exposure. Not sent to the engine.
+    link: str | None = None
+    links_per_device: int | None = Field(default=None, ge=1)
+    length_m: float | None = Field(default=None, ge=0)
+    link_latency_ns: float | None = Field(default=None, ge=0)
+    fit_per_link: float | None = Field(default=None, ge=0)
+
+
+LINK_TECH_FIELDS = frozenset({"link", "links_per_device", "length_m", "link_latency_ns", "fit_per_link"})
+LINK_LEVELS = ("scale_up", "scale_out")
+
+
+class LinkPreset(_Strict):
+    """A link technology (presets/links/*.toml): lanes × Gb/s per lane per direction, reach,
+    power, failure rate (FIT: failures per 10^9 hours, per link or per lane) and added latency."""
+
+    name: str
+    description: str = ""
+    lanes: int = Field(ge=1)
+    gbps_per_lane: float = Field(gt=0)
+    reach_m: float = Field(gt=0)
+    w_per_end: float | None = Field(default=None, ge=0)
+    energy_pj_per_bit: float | None = Field(default=None, ge=0)
+    fit_per_link: float | None = Field(default=None, ge=0)
+    fit_per_lane: float | None = Field(default=None, ge=0)
+    propagation_ns_per_m: float = Field(default=5.0, ge=0)
+    serdes_latency_ns: float = Field(default=0.0, ge=0)
+
+    @model_validator(mode="after")
+    def _energy_and_fit(self) -> LinkPreset:
+        if self.energy_pj_per_bit is None and self.w_per_end is None:
+            raise ValueError("give energy_pj_per_bit or w_per_end")
+        if self.fit_per_link is not None and self.fit_per_lane is not None:
+            raise ValueError("give fit_per_link or fit_per_lane, not both")
+        return self
+
+    @property
+    def gbps(self) -> float:
+        """Gb/s per direction of one link."""
+        return self.lanes * self.gbps_per_lane
+
+    @property
+    def pj_per_bit(self) -> float:
+        """Energy per bit carried, both ends (w_per_end at both ends over the link's rate)."""
+        if self.energy_pj_per_bit is not None:
+            return self.energy_pj_per_bit
+        assert self.w_per_end is not None
+        return 2 * self.w_per_end / (self.gbps * 1e9) * 1e12
+
+    @property
+    def fit(self) -> float | None:
+        """Failures per 10^9 hours of one link."""
+        return self.fit_per_lane * self.lanes if self.fit_per_lane is not None else self.fit_per_link
 
 
 class NcclTuning(_Strict):
@@ -100,10 +154,45 @@ class NcclTuning(_Strict):
     latency_inter_us: float = Field(default=0.0, ge=0)
 
 
+class Edge(_Strict):
+    """One bidirectional link of a custom topology: devices are "gpu<k>", any other name is a
+    switch."""
+
+    a: str
+    b: str
+    bw_bytes: float = Field(gt=0, description="bytes/s per direction")
+    latency_ns: float = Field(default=0.0, ge=0)
+    energy_pj_per_bit: float = Field(default=0.0, ge=0)
+
+
+class Topology(_Strict):
+    """`[network.topology]` (docs/network.md): the engine checks which fields apply to which
+    kind and names a misplaced one."""
+
+    kind: Literal["switched", "torus", "ring", "fully_connected", "custom", "ocs"]
+    scale_up_domain: int | None = Field(default=None, ge=1)
+    nodes_per_leaf: int | None = Field(default=None, ge=1)
+    oversubscription: float | None = Field(default=None, ge=1)
+    spine_latency_ns: float | None = Field(default=None, ge=0)
+    in_network_reduction: bool | None = None
+    dims: list[int] | None = None
+    edges: list[Edge] | None = None
+    ports_per_device: int | None = Field(default=None, ge=1)
+    reconfig_ns: float | None = Field(default=None, ge=0)
+    policy: Literal["static", "per_collective", "per_step"] | None = None
+
+
+CollectiveAlgorithm = Literal[
+    "auto", "nccl", "ring", "tree", "halving_doubling", "direct", "hierarchical", "in_network"
+]
+
+
 class Network(_Strict):
     scale_up: Link
     scale_out: Link
     nccl: NcclTuning | None = None
+    topology: Topology | None = None
+    algorithm: CollectiveAlgorithm = "auto"
 
 
 class System(_Strict):
@@ -133,6 +222,26 @@ class System(_Strict):
     @property
     def devices(self) -> int:
         return self.nodes * self.devices_per_node
+
+    def link_exposure(self) -> dict[str, dict[str, Any]]:
+        """Per network level: the link technology, the number of device-attached links
+        (devices × links_per_device) and their expected failures per year (links × FIT × 8766 h
+        / 10^9); null where the level names no link technology. Switch-to-switch links are
+        not counted."""
+        out: dict[str, dict[str, Any]] = {}
+        for level in LINK_LEVELS:
+            link: Link = getattr(self.network, level)
+            links = None if link.link is None else self.devices * (link.links_per_device or 1)
+            failures = (
+                None if links is None or link.fit_per_link is None else links * link.fit_per_link * 8766 / 1e9
+            )
+            out[level] = {
+                "link": link.link,
+                "links": links,
+                "fit_per_link": link.fit_per_link,
+                "failures_per_year": failures,
+            }
+        return out
 
     def engine_json(self) -> str:
         """The normalised description the Rust engine reads (src/system.rs)."""
@@ -165,7 +274,7 @@ class System(_Strict):
                         for k, t in d.memory.items()
                     },
                 },
-                "network": self.network.model_dump(),
+                "network": self.network.model_dump(exclude={k: set(LINK_TECH_FIELDS) for k in LINK_LEVELS}),
                 "placement": self.placement,
             }
         )
@@ -207,9 +316,91 @@ def _merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
+def load_link(name: str, where: str = "", key: str = "link") -> LinkPreset:
+    """A link-technology preset (presets/links/NAME.toml); `where` and `key` name the file and
+    key that asked for it in errors."""
+    p = _preset_dir("links") / f"{name}.toml"
+    if not p.is_file():
+        prefix = f"{where}: key '{key}': " if where else ""
+        raise SystemConfigError(
+            f"{prefix}unknown link preset {name!r}; presets: {', '.join(preset_names('links'))}"
+        )
+    try:
+        return LinkPreset.model_validate(_load_toml(p.read_text(), f"preset links/{name}.toml"))
+    except ValidationError as e:
+        raise SystemConfigError(_describe(e, f"preset links/{name}.toml")) from None
+
+
+def _expand_link(
+    level: dict[str, Any], explicit: set[str], where: str, key: str, *, final_latency: bool = False
+) -> None:
+    """Resolves `link = "NAME"` in one network level in place: bw_bytes = links_per_device ×
+    lanes × Gb/s per lane, energy_pj_per_bit and fit_per_link from the preset, unless `explicit`
+    (keys written next to `link`) has them. The link adds link_latency_ns = serdes_latency_ns +
+    propagation × length_m to the level's latency_ns: the one written next to it, or else the
+    inherited one less the previous link's. With `final_latency` (--set), an explicit
+    latency_ns is the total."""
+    name = level.get("link")
+    if name is None:
+        return
+    if not isinstance(name, str):
+        raise SystemConfigError(f"{where}: key '{key}.link': expected a link preset name, got {name!r}")
+    tech = load_link(name, where, f"{key}.link")
+    if level.get("links_per_device") is None:
+        level["links_per_device"] = 1
+    per_device = level["links_per_device"]
+    if not isinstance(per_device, int) or isinstance(per_device, bool) or per_device < 1:
+        raise SystemConfigError(
+            f"{where}: key '{key}.links_per_device': expected a positive integer, got {per_device!r}"
+        )
+    length = level.get("length_m") or 0.0
+    if not isinstance(length, int | float) or isinstance(length, bool):
+        raise SystemConfigError(f"{where}: key '{key}.length_m': expected a number of metres, got {length!r}")
+    if length > tech.reach_m:
+        raise SystemConfigError(
+            f"{where}: key '{key}.length_m': {length:g} m is beyond the reach of link {name!r} "
+            f"({tech.reach_m:g} m)"
+        )
+    if "bw_bytes" not in explicit:
+        level["bw_bytes"] = per_device * tech.gbps * 1e9 / 8
+    if "energy_pj_per_bit" not in explicit:
+        level["energy_pj_per_bit"] = tech.pj_per_bit
+    if "fit_per_link" not in explicit:
+        level["fit_per_link"] = tech.fit
+    added = tech.serdes_latency_ns + tech.propagation_ns_per_m * length
+    if "latency_ns" in explicit:
+        if not final_latency:
+            level["latency_ns"] = float(level["latency_ns"]) + added
+    else:
+        previous = level.get("link_latency_ns") or 0.0
+        level["latency_ns"] = max(0.0, float(level.get("latency_ns", 0.0)) - previous) + added
+    level["link_latency_ns"] = added
+
+
+def _expand_links(
+    raw: dict[str, Any], explicit: dict[str, set[str]], where: str, *, final_latency: bool = False
+) -> None:
+    network = raw.get("network")
+    if not isinstance(network, dict):
+        return
+    for level, keys in explicit.items():
+        if isinstance(network.get(level), dict):
+            _expand_link(network[level], keys, where, f"network.{level}", final_latency=final_latency)
+
+
+def _own_link_levels(raw: dict[str, Any]) -> dict[str, set[str]]:
+    """Network levels of one file (before derivation) that name a link, with the keys written there."""
+    network = raw.get("network")
+    if not isinstance(network, dict):
+        return {}
+    return {k: set(v) for k, v in network.items() if k in LINK_LEVELS and isinstance(v, dict) and "link" in v}
+
+
 def _resolve(kind: str, raw: dict[str, Any], where: str, seen: tuple[str, ...] = ()) -> dict[str, Any]:
-    """Expands `base` (derivation), the device preset of a system and tier presets of memories."""
+    """Expands `base` (derivation), the device preset of a system, tier presets of memories and
+    link presets of network levels."""
     raw = dict(raw)
+    own_links = _own_link_levels(raw) if kind == "systems" else {}
     base = raw.pop("base", None)
     if base is not None:
         if not isinstance(base, str):
@@ -225,6 +416,7 @@ def _resolve(kind: str, raw: dict[str, Any], where: str, seen: tuple[str, ...] =
             raw["device"] = _resolve("devices", preset, pwhere)
         elif isinstance(device, dict):
             raw["device"] = _resolve("devices", device, where)
+        _expand_links(raw, own_links, where)
     if kind == "devices":
         memory = raw.get("memory")
         if isinstance(memory, dict):
@@ -298,6 +490,15 @@ def load_system(
             raw = _resolve("systems", raw, where)
     for assignment in overrides:
         _apply_override(raw, assignment)
+    # An override of a level's link, links_per_device or length_m resolves its link again;
+    # the level's other keys set by overrides win over the link preset.
+    set_keys: dict[str, set[str]] = {}
+    for assignment in overrides:
+        parts = assignment.partition("=")[0].strip().split(".")
+        if len(parts) == 3 and parts[0] == "network" and parts[1] in LINK_LEVELS:
+            set_keys.setdefault(parts[1], set()).add(parts[2])
+    relink = {k: v for k, v in set_keys.items() if v & {"link", "links_per_device", "length_m"}}
+    _expand_links(raw, relink, "--set", final_latency=True)
     if nodes is not None:
         raw["nodes"] = nodes
     try:
