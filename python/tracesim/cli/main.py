@@ -14,7 +14,7 @@ from rich.table import Table
 
 from tracesim.exceptions import TracesimError
 from tracesim.simulate import ComputeModelName, NetworkModelName, Result, simulate
-from tracesim.system import load_device, load_system, load_tier, preset_names
+from tracesim.system import load_device, load_link, load_system, load_tier, preset_names
 from tracesim.trace import Trace, read_trace, write_trace
 
 app = typer.Typer(
@@ -97,7 +97,7 @@ def demo(
 
 @app.command()
 def systems() -> None:
-    """List the shipped presets: systems, devices and memory tiers."""
+    """List the shipped presets: systems, devices, memory tiers and link technologies."""
     table = Table("system", "device", "per node", "scale-up GB/s", "scale-out GB/s", title="systems")
     for name in preset_names("systems"):
         s = load_system(name)
@@ -130,6 +130,21 @@ def systems() -> None:
             "-" if retention is None else f"{retention / 3600:g} h",
         )
     console.print(tiers)
+    links = Table(
+        "link", "Gb/s", "lanes", "reach m", "pJ/bit", "FIT", "latency ns", title="link technologies"
+    )
+    for name in preset_names("links"):
+        k = load_link(name)
+        links.add_row(
+            name,
+            f"{k.gbps:g}",
+            f"{k.lanes} × {k.gbps_per_lane:g}",
+            f"{k.reach_m:g}",
+            f"{k.pj_per_bit:g}",
+            "-" if k.fit is None else f"{k.fit:g}",
+            f"{k.serdes_latency_ns:g} + {k.propagation_ns_per_m:g}/m",
+        )
+    console.print(links)
 
 
 @app.command()
@@ -304,11 +319,36 @@ def ingest_pytorch_et_cmd(
         typer.Argument(help="PyTorch execution-trace JSON files (.json or .json.gz), one per rank"),
     ],
     out: Annotated[Path, typer.Option("--out", help="trace directory to write")],
+    kineto: Annotated[
+        list[Path] | None,
+        typer.Option(
+            "--kineto",
+            help="Kineto trace of the same run, one per ET (repeat the option): GPU kernels and "
+            "their times from it, data-flow deps and shapes from the ET; paired by the rank in the "
+            "ET file name (<prefix>.<rank>.json) and distributedInfo.rank, else in the order given",
+        ),
+    ] = None,
+    time_unit: Annotated[
+        str, typer.Option(help="auto, us or ns: unit of the Kineto files' ts/dur (with --kineto)")
+    ] = "auto",
     overwrite: Annotated[bool, typer.Option(help="replace --out if it exists")] = False,
 ) -> None:
-    """Ingest PyTorch execution traces (schema 1.0.x/1.1.x) and print what was mapped and what was not."""
+    """Ingest PyTorch execution traces (schema 1.0.x/1.1.x), alone or paired with their Kineto traces,
+    and print what was mapped and what was not."""
+    from tracesim.exceptions import TraceError
     from tracesim.ingest.chakra import ingest_pytorch_et
+    from tracesim.ingest.et_kineto import ingest_pytorch_et_kineto
+    from tracesim.ingest.kineto import TimeUnit
 
+    units: dict[str, TimeUnit] = {"auto": "auto", "us": "us", "ns": "ns"}
+    if time_unit not in units:
+        raise TraceError(f"--time-unit: expected auto, us or ns, got {time_unit!r}")
+    if kineto:
+        paired, preport = ingest_pytorch_et_kineto(files, kineto, time_unit=units[time_unit])
+        _write_ingested(paired, preport.lines(), out, overwrite)
+        return
+    if time_unit != "auto":
+        raise TraceError("--time-unit: only for the Kineto files of --kineto, and none was given")
     trace, report = ingest_pytorch_et(files)
     _write_ingested(trace, report.lines(), out, overwrite)
 

@@ -45,7 +45,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from decimal import Decimal
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, Protocol
 
 from tracesim.exceptions import TraceError
 from tracesim.ingest._common import (
@@ -252,7 +252,9 @@ def _comm_meta(args: dict[str, Any]) -> dict[str, Any] | None:
 class _File:
     """One Kineto file, parsed into events; times in absolute ns."""
 
-    def __init__(self, path: Path, order: int, time_unit: TimeUnit, report: IngestReport) -> None:
+    def __init__(
+        self, path: Path, order: int, time_unit: TimeUnit, report: IngestReport, keep_cpu: bool = False
+    ) -> None:
         data = _read_json(path)
         if isinstance(data, list):
             data = {"traceEvents": data}
@@ -279,6 +281,7 @@ class _File:
         self.runtime: list[_Ev] = []
         self.comms_ops: list[_Ev] = []  # record_param_comms
         self.cpu_ops: list[_Ev] = []  # CPU operators with recorded shapes, for costs
+        self.cpu_all: list[_Ev] = []  # every CPU operator and annotation (only with keep_cpu)
         self.steps: list[tuple[int, int, int]] = []  # (start, end, N)
         self.flows: dict[Any, dict[str, tuple[Any, Any, int]]] = defaultdict(dict)
         self.unmapped: Counter[str] = Counter()
@@ -317,6 +320,8 @@ class _File:
             elif lc in RUNTIME_CATS:
                 self.runtime.append(ev)
             else:
+                if keep_cpu and (lc in CPU_OP_CATS or lc == "user_annotation"):
+                    self.cpu_all.append(ev)
                 m = STEP_RE.match(name)
                 if m and not lc.startswith("gpu_"):
                     self.steps.append((ev.ts, ev.end, int(m.group(1))))
@@ -417,12 +422,31 @@ def _coll_info(
     return coll, (pg_name, ranks), nbytes, FORMAT_DTYPE.get(dt), None
 
 
+class _Hook(Protocol):
+    """What another ingester (PyTorch ET + Kineto, `tracesim.ingest.et_kineto`) adds to this one."""
+
+    def begin(self, files: list[_File]) -> None:
+        """Called once all files are read, in rank order (with `cpu_all` kept)."""
+
+    def prepare(self, rank: int, f: _File) -> None:
+        """Called per rank before its ops are made (may add recorded shapes to `f.cpu_ops`)."""
+
+    def link(self, rank: int, f: _File, launcher: dict[int, int], gpu_ops: list[_Op]) -> None:
+        """Called per rank once its ops exist (may add deps to `gpu_ops`, indexed as `f.gpu`)."""
+
+
 def ingest_kineto(paths: Sequence[str | Path], *, time_unit: TimeUnit = "auto") -> tuple[Trace, IngestReport]:
     """Reads Kineto Chrome-trace files (one per rank) into a validated trace and a report."""
+    return _ingest_kineto(paths, time_unit, None)
+
+
+def _ingest_kineto(
+    paths: Sequence[str | Path], time_unit: TimeUnit, hook: _Hook | None
+) -> tuple[Trace, IngestReport]:
     if not paths:
         raise TraceError("ingest kineto: no input files")
     report = IngestReport()
-    files = [_File(Path(p), i, time_unit, report) for i, p in enumerate(paths)]
+    files = [_File(Path(p), i, time_unit, report, keep_cpu=hook is not None) for i, p in enumerate(paths)]
     seen: dict[int, Path] = {}
     for f in files:
         if f.source_rank in seen:
@@ -436,6 +460,8 @@ def ingest_kineto(paths: Sequence[str | Path], *, time_unit: TimeUnit = "auto") 
     report.files = [str(f.path) for f in files]
     report.source_ranks = [f.source_rank for f in files]
     report.time_units = [f.unit for f in files]
+    if hook is not None:
+        hook.begin(files)
     all_starts = [ev.ts for f in files for ev in (*f.gpu, *f.runtime)]
     if not all_starts:
         raise TraceError(f"{files[0].path}: no GPU kernels, copies or runtime calls to ingest")
@@ -450,6 +476,8 @@ def ingest_kineto(paths: Sequence[str | Path], *, time_unit: TimeUnit = "auto") 
 
     for rank, f in enumerate(files):
         report.unmapped.update(f.unmapped)
+        if hook is not None:
+            hook.prepare(rank, f)
         launcher = _launchers(f)
         launched: dict[int, list[int]] = defaultdict(list)
         for j, i in launcher.items():
@@ -607,6 +635,8 @@ def ingest_kineto(paths: Sequence[str | Path], *, time_unit: TimeUnit = "auto") 
                 marker = new_op(rank, stream, "launch not in trace", "host", cursor, 0)
                 gpu_ops[j].deps.append(marker.key)
             report.orphan_gpu_ops += len(orphans)
+        if hook is not None:
+            hook.link(rank, f, launcher, gpu_ops)
         report.inferred_stream_deps += _infer_stream_waits(gpu_ops, ops)
         report.iterations.extend(n for _, _, n in f.steps)
 
