@@ -5,7 +5,7 @@
 Replays one all-reduce of each measured size on the matching preset (roofline mode, so the
 network model times it) and prints the median and p90 absolute relative error against the
 measured median, per GPU count, for NCCL's cost model (the presets' `[network.nccl]`) and for
-plain ring α-β over the links. With --fit it also searches the channel count and per-channel
+plain ring α-β over the links, and for the fastest α-β algorithm on the fabric. With --fit it also searches the channel count and per-channel
 bandwidth on the 8-GPU rows, as the presets were fitted.
 """
 
@@ -39,8 +39,11 @@ def errors(system: tracesim.System, rows: list[dict[str, str]]) -> tuple[float, 
     return statistics.median(e), e[int(0.9 * len(e))], len(e)
 
 
-def _without_nccl(system: tracesim.System) -> tracesim.System:
-    return system.model_copy(update={"network": system.network.model_copy(update={"nccl": None})})
+def _without_nccl(system: tracesim.System, algorithm: str) -> tracesim.System:
+    """The system's fabric without NCCL's model: `algorithm` ("ring", or "auto" for the fastest
+    α-β algorithm on the topology)."""
+    network = system.network.model_copy(update={"nccl": None, "algorithm": algorithm})
+    return system.model_copy(update={"network": network})
 
 
 def main() -> None:
@@ -50,8 +53,11 @@ def main() -> None:
     parser.add_argument("--data", type=Path, default=DEFAULT_DATA)
     parser.add_argument("--fit", action="store_true")
     args = parser.parse_args()
-    print("| device | GPUs (nodes) | sizes | NCCL model median / p90 | ring α-β median / p90 |")
-    print("|---|---|---|---|---|")
+    print(
+        "| device | GPUs (nodes) | sizes | NCCL model median / p90 | ring α-β median / p90 "
+        "| fastest α-β algorithm median / p90 |"
+    )
+    print("|---|---|---|---|---|---|")
     for device, preset, arch in CASES:
         rows = _rows(args.data, device)
         for workers, per_node in sorted({(int(r["num_workers"]), int(r["devices_per_node"])) for r in rows}):
@@ -61,10 +67,11 @@ def main() -> None:
             nodes = max(1, workers // per_node)
             system = tracesim.load_system(preset, nodes=nodes, overrides=[f"devices_per_node={per_node}"])
             m, p90, n = errors(system, sub)
-            rm, rp90, _ = errors(_without_nccl(system), sub)
+            rm, rp90, _ = errors(_without_nccl(system, "ring"), sub)
+            am, ap90, _ = errors(_without_nccl(system, "auto"), sub)
             print(
                 f"| {device} | {workers} ({nodes}) | {n} | {m * 100:.1f}% / {p90 * 100:.1f}% "
-                f"| {rm * 100:.1f}% / {rp90 * 100:.1f}% |"
+                f"| {rm * 100:.1f}% / {rp90 * 100:.1f}% | {am * 100:.1f}% / {ap90 * 100:.1f}% |"
             )
         if args.fit:
             fit_rows = [r for r in rows if r["num_workers"] == "8" and r["devices_per_node"] == "8"][::2]
