@@ -310,9 +310,12 @@ def _preset(kind: str, name: str) -> tuple[dict[str, Any], str]:
 def _merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
     out = copy.deepcopy(base)
     for k, v in over.items():
-        out[k] = (
-            _merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else copy.deepcopy(v)
-        )
+        # A table that names a different `kind` (a torus replacing a switched topology)
+        # replaces the base's table: the base's kind-specific fields would not apply.
+        both = isinstance(v, dict) and isinstance(out.get(k), dict)
+        if both and "kind" in v and v["kind"] != out[k].get("kind"):
+            both = False
+        out[k] = _merge(out[k], v) if both else copy.deepcopy(v)
     return out
 
 
