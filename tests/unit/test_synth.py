@@ -51,8 +51,8 @@ def test_bad_plans_are_rejected() -> None:
         synth_train(TINY, gpus=4, tp=2, global_batch=3)
     with pytest.raises(PlanError, match="not divisible by tp"):
         synth_train(TINY, gpus=8, tp=8, global_batch=1)
-    with pytest.raises(PlanError, match="mixture-of-experts"):
-        synth_train("mixtral-8x7b", gpus=8, tp=8, global_batch=1)
+    with pytest.raises(PlanError, match="--ep 3 does not divide the 8 experts"):
+        synth_train("mixtral-8x7b", gpus=3, ep=3, global_batch=3)
 
 
 def test_op_counts_by_kind_tiny_config() -> None:

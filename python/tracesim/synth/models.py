@@ -25,7 +25,8 @@ class ModelConfigError(TracesimError):
 class ModelSpec(BaseModel):
     """A decoder-only transformer. `kv_heads` < `heads` is grouped-query attention;
     `activation = "swiglu"` makes the first FFN GEMM produce gate and up projections (2 × ffn_hidden).
-    `experts` > 0 describes a mixture-of-experts FFN (not synthesised yet)."""
+    `experts` > 0 makes every layer's FFN a mixture of `experts` FFNs of `ffn_hidden`, of which
+    each token uses `top_k`, chosen by a router GEMM (h × experts)."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
@@ -83,9 +84,32 @@ class ModelSpec(BaseModel):
         return 2 * self.hidden if self.norm == "layernorm" else self.hidden
 
     @property
+    def attn_params(self) -> int:
+        """QKV and output projection weights of one layer."""
+        return self.hidden * self.qkv_out + self.hidden * self.hidden
+
+    @property
+    def expert_params(self) -> int:
+        """FC1 and FC2 weights of one FFN (of one expert in a mixture-of-experts layer)."""
+        return self.hidden * self.fc1_out + self.ffn * self.hidden
+
+    @property
+    def router_params(self) -> int:
+        return self.hidden * self.experts
+
+    @property
     def gemm_params_per_layer(self) -> int:
-        h = self.hidden
-        return h * self.qkv_out + h * h + h * self.fc1_out + self.ffn * h
+        """All GEMM weights of one layer: attention, and the FFN (every expert and the router)."""
+        if self.experts:
+            return self.attn_params + self.experts * self.expert_params + self.router_params
+        return self.attn_params + self.expert_params
+
+    @property
+    def active_gemm_params_per_layer(self) -> int:
+        """GEMM weights one token passes through: attention, router and top_k experts."""
+        if self.experts:
+            return self.attn_params + self.top_k * self.expert_params + self.router_params
+        return self.gemm_params_per_layer
 
     @property
     def params_per_layer(self) -> int:
