@@ -5,8 +5,9 @@
 Replays one all-reduce of each measured size on the matching preset (roofline mode, so the
 network model times it) and prints the median and p90 absolute relative error against the
 measured median, per GPU count, for NCCL's cost model (the presets' `[network.nccl]`) and for
-plain ring α-β over the links, and for the fastest α-β algorithm on the fabric. With --fit it also searches the channel count and per-channel
-bandwidth on the 8-GPU rows, as the presets were fitted.
+plain ring α-β over the links, and for the fastest α-β algorithm on the fabric. With --fit it
+also searches the channel count and per-channel bandwidth on the 8-GPU rows, as the presets
+were fitted.
 """
 
 from __future__ import annotations

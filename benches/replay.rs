@@ -557,6 +557,7 @@ fn case(ranks: u32, args: &Args) {
         compute: compute.as_ref(),
         network: &network as &dyn NetworkModel,
         flow: false,
+        placement: None,
         system: &system,
     };
     let (build, graph, build_peak) = best(args.repeat, || graph::Graph::build(&trace).expect("valid"));
@@ -565,7 +566,7 @@ fn case(ranks: u32, args: &Args) {
         engine::replay(&trace, &graph, &models, None).expect("no deadlock")
     });
     let (energy, (energy_j, breakdown), _) = best(args.repeat, || {
-        summary::op_energy(&trace, &graph, &system, &network, None)
+        summary::op_energy(&trace, &graph, &system, &network, None, None)
     });
     let (summarize, _, _) = best(args.repeat, || {
         summary::summarize(&trace, &system, &schedule, breakdown.clone(), Vec::new())

@@ -7,14 +7,15 @@ use crate::error::{BlockedOp, Error, Result};
 use crate::graph::{cycle_error, find_cycle, Graph, NONE};
 use crate::memory::MemoryState;
 use crate::model::flow::{p2p_plan, FlowSim};
+use crate::model::nmc;
 use crate::model::{ComputeModel, NetworkModel, TimeSource};
 use crate::system::System;
 use crate::trace::{CollKind, OpKind, Trace};
 
 /// Per-op times of one replay, indexed like the trace's rows.
 pub struct Schedule {
-    /// When each op started, which is when it became ready: no op waits for a resource in
-    /// these models. Collectives and send/recv then spend `wait_ns` of their span waiting for
+    /// When each op started, which is when it became ready, except for ops that queue for a
+    /// near-memory compute unit (see `ready_ns`). Collectives and send/recv then spend `wait_ns` of their span waiting for
     /// the other participants, so the timeline's `ready_ns` is this same column.
     pub start_ns: Vec<i64>,
     pub end_ns: Vec<i64>,
@@ -25,6 +26,9 @@ pub struct Schedule {
     pub unsized_comm_ops: u64,
     /// Flow-level model only: time each fabric link carried at least one flow.
     pub link_busy_ns: Option<Vec<f64>>,
+    /// When ops can queue for an NMC unit: when each op became ready (`start_ns` is then when
+    /// it started); otherwise every op starts when it is ready.
+    pub ready_ns: Option<Vec<i64>>,
 }
 
 pub struct Models<'a> {
@@ -34,6 +38,8 @@ pub struct Models<'a> {
     /// Flow-level network: transfers the network times share links with whatever else is in
     /// flight, so their times depend on the schedule.
     pub flow: bool,
+    /// Device kind of every op (0: GPU, k + 1: NMC unit k) when the system offloads ops.
+    pub placement: Option<&'a [u8]>,
 }
 
 /// `transfer` of a rendezvous the flow-level model times as it runs.
@@ -125,7 +131,16 @@ pub fn replay(trace: &Trace, graph: &Graph, models: &Models, mut memory: Option<
     let mut arrived = crate::bulk::filled(rdv.len(), 0u32);
     let mut last_ready = crate::bulk::filled(rdv.len(), 0i64);
     let mut sim = models.flow.then(|| FlowSim::new(models.network.fabric(), rdv.len()));
-    let mut heap = if memory.is_some() || sim.is_some() {
+    let units = models.system.nmc.len();
+    let mut unit_free = match models.placement {
+        Some(_) => vec![0i64; trace.ranks as usize * units],
+        None => Vec::new(),
+    };
+    let mut queued = match models.placement {
+        Some(_) => crate::bulk::filled(n, 0i64),
+        None => Vec::new(),
+    };
+    let mut heap = if memory.is_some() || sim.is_some() || models.placement.is_some() {
         Events::TimeOrdered(BinaryHeap::new())
     } else {
         Events::AnyOrder(Vec::new())
@@ -149,6 +164,19 @@ pub fn replay(trace: &Trace, graph: &Graph, models: &Models, mut memory: Option<
             }
         }
         let c = graph.instance_of[i];
+        if let Some(kind) = models.placement.map(|p| p[i]).filter(|&k| k != 0) {
+            // On a near-memory unit: one op at a time per rank and unit, in ready order.
+            let unit = &models.system.nmc[kind as usize - 1];
+            let cost = nmc::cost(ops, i, unit, models.system, memory.as_deref());
+            let slot = ops.rank.value(i) as usize * units + kind as usize - 1;
+            let start = ready[i].max(unit_free[slot]);
+            let e = start.checked_add(cost.ns).ok_or_else(|| overflow(i))?;
+            unit_free[slot] = e;
+            queued[i] = start - ready[i];
+            end[i] = e;
+            heap.push(e, i as u32);
+            return Ok(());
+        }
         if c == NONE {
             // With memory placement, an op's memory time follows where its tensors live now.
             let placed = memory.as_deref().and_then(|m| m.memory_seconds(i, models.system));
@@ -266,8 +294,18 @@ pub fn replay(trace: &Trace, graph: &Graph, models: &Models, mut memory: Option<
         }
         return Err(deadlock(trace, graph, &pending, &arrived, n - done));
     }
+    let (start_ns, ready_ns) = if models.placement.is_some() {
+        let mut start = crate::bulk::copied(&ready);
+        for (s, q) in start.iter_mut().zip(&queued) {
+            *s += q;
+        }
+        (start, Some(ready))
+    } else {
+        (ready, None)
+    };
     Ok(Schedule {
-        start_ns: ready,
+        start_ns,
+        ready_ns,
         end_ns: end,
         wait_ns: wait,
         untimed_ops,

@@ -43,6 +43,8 @@ pub struct Outcome {
     pub memory_events: Vec<memory::MemoryEvent>,
     /// Bytes each rank sent on its scale-up and scale-out links.
     pub links: summary::LinkTraffic,
+    /// Device kind of every op (0: GPU, k + 1: NMC unit k) when the system offloads ops.
+    pub placement: Option<Vec<u8>>,
     pub compute_model: &'static str,
     pub network_model: &'static str,
 }
@@ -86,18 +88,23 @@ pub fn simulate_with_memory(
     check_tier_moves(trace, system)?;
     let network = AnalyticalNetwork::new(system)?;
     let graph = graph::Graph::build(trace)?;
+    let placement = model::nmc::place(trace, system, plan)?;
     let models = engine::Models {
         compute: compute.as_ref(),
         network: &network,
         system,
         flow,
+        placement: placement.as_deref(),
     };
     let mut state = plan
         .map(|p| memory::MemoryState::new(p, system, trace.ranks, allow_oom))
         .transpose()?;
     let schedule = engine::replay(trace, &graph, &models, state.as_mut())?;
-    let (energy_j, energy) = summary::op_energy(trace, &graph, system, &network, state.as_ref());
+    let (energy_j, energy) = summary::op_energy(trace, &graph, system, &network, state.as_ref(), placement.as_deref());
     let mut summary = summary::summarize(trace, system, &schedule, energy, Vec::new());
+    if let Some(p) = &placement {
+        summary.devices = summary::device_summary(trace, system, &schedule, &energy_j, p, state.as_ref());
+    }
     let links = summary::link_traffic(trace, &graph, &network, schedule.link_busy_ns.as_deref());
     let mut memory_events = Vec::new();
     if let Some(state) = state {
@@ -110,6 +117,7 @@ pub fn simulate_with_memory(
         memory_events,
         links,
         summary,
+        placement,
         compute_model: compute.name(),
         network_model: if flow { "flow" } else { network.name() },
     })

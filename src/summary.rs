@@ -60,7 +60,25 @@ pub struct Summary {
     pub total_flops: f64,
     pub mfu: Option<f64>,
     pub memory_tiers: Vec<TierSummary>,
+    /// Per device kind (the GPU and each near-memory unit) when the system offloads ops.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub devices: Vec<DeviceSummary>,
     pub warnings: Vec<String>,
+}
+
+/// Work one device kind did over all ranks.
+#[derive(Debug, Clone, Serialize)]
+pub struct DeviceSummary {
+    pub device: String,
+    pub ops: u64,
+    /// Sum of the op durations it ran.
+    pub busy_ns: i64,
+    /// Sum of the time its ops waited for the unit after they were ready.
+    pub queued_ns: i64,
+    pub energy_j: f64,
+    /// Bytes its ops touched in the unit's own tier, and bytes they moved over its link.
+    pub local_bytes: u64,
+    pub moved_bytes: u64,
 }
 
 /// Per-op energy in joules, and the breakdown without static power.
@@ -70,6 +88,7 @@ pub fn op_energy(
     system: &System,
     network: &dyn NetworkModel,
     memory: Option<&MemoryState>,
+    placement: Option<&[u8]>,
 ) -> (Vec<f64>, EnergyBreakdown) {
     let ops = &trace.ops;
     let mut energy = crate::bulk::filled(ops.len(), 0.0);
@@ -98,6 +117,15 @@ pub fn op_energy(
     let mut traffic = Vec::new();
     for (i, e) in energy.iter_mut().enumerate() {
         match ops.kind[i] {
+            OpKind::Compute | OpKind::Memory if placement.is_some_and(|p| p[i] != 0) => {
+                let kind = placement.map_or(0, |p| p[i]) as usize;
+                let unit = &system.nmc[kind - 1];
+                let (compute, memory, link) = crate::model::nmc::energy_j(ops, i, unit, system, memory_state);
+                total.compute += compute;
+                // The link to the unit moves memory traffic, so it counts as memory energy.
+                total.memory += memory + link;
+                *e = compute + memory + link;
+            }
             OpKind::Compute | OpKind::Memory => {
                 let flops = ops.flops(i).filter(|f| f.is_finite() && *f > 0.0).unwrap_or(0.0);
                 let compute = flops * pj_per_flop[ops.dtype(i).map_or(Dtype::ALL.len(), |d| d as usize)] * 1e-12;
@@ -128,6 +156,46 @@ pub fn op_energy(
         }
     }
     (energy, total)
+}
+
+/// Work per device kind: the GPU and every near-memory unit.
+pub fn device_summary(
+    trace: &Trace,
+    system: &System,
+    schedule: &Schedule,
+    energy_j: &[f64],
+    placement: &[u8],
+    memory: Option<&MemoryState>,
+) -> Vec<DeviceSummary> {
+    let ops = &trace.ops;
+    let mut out: Vec<DeviceSummary> = (0..=system.nmc.len())
+        .map(|k| DeviceSummary {
+            device: system.device_kind_name(k as u8).to_string(),
+            ops: 0,
+            busy_ns: 0,
+            queued_ns: 0,
+            energy_j: 0.0,
+            local_bytes: 0,
+            moved_bytes: 0,
+        })
+        .collect();
+    for i in 0..ops.len() {
+        if !matches!(ops.kind[i], OpKind::Compute | OpKind::Memory) {
+            continue;
+        }
+        let k = placement[i] as usize;
+        let d = &mut out[k];
+        d.ops += 1;
+        d.busy_ns += schedule.end_ns[i] - schedule.start_ns[i];
+        d.queued_ns += schedule.ready_ns.as_ref().map_or(0, |r| schedule.start_ns[i] - r[i]);
+        d.energy_j += energy_j[i];
+        if k > 0 {
+            let cost = crate::model::nmc::cost(ops, i, &system.nmc[k - 1], system, memory);
+            d.local_bytes += cost.local_bytes;
+            d.moved_bytes += cost.moved_bytes;
+        }
+    }
+    out
 }
 
 /// Traffic of every fabric link over the replay.
@@ -548,6 +616,7 @@ pub fn summarize(
         total_flops,
         mfu,
         memory_tiers: Vec::new(),
+        devices: Vec::new(),
         warnings,
     }
 }

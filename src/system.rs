@@ -169,6 +169,51 @@ pub struct Network {
     pub algorithm: Option<String>,
 }
 
+/// A near-memory compute unit (HBM-PIM, logic beside HBF/MRM, CXL-attached NMC): compute on
+/// the data of the tier it sits in at its internal bandwidth, and a link to the GPU for the
+/// rest.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NmcUnit {
+    pub name: String,
+    /// The memory tier (a `device.memory` key) it sits on.
+    pub tier: String,
+    /// Peak FLOP/s per dtype name.
+    pub peak_flops: BTreeMap<String, f64>,
+    /// Bytes per second it reads and writes its tier at.
+    pub internal_bw_bytes: f64,
+    #[serde(default)]
+    pub energy_pj_per_flop: f64,
+    /// Energy per bit of its own accesses to its tier (instead of the tier's off-chip energy).
+    #[serde(default)]
+    pub energy_pj_per_bit: f64,
+    /// Link to the GPU: data the op touches outside the unit's tier crosses it.
+    pub link_bw_bytes: f64,
+    #[serde(default)]
+    pub link_latency_ns: f64,
+    #[serde(default)]
+    pub link_energy_pj_per_bit: f64,
+    #[serde(default)]
+    pub launch_overhead_ns: f64,
+    /// Index of `tier`, resolved by [`System::from_json`].
+    #[serde(skip)]
+    pub tier_index: u8,
+}
+
+/// Most NMC unit kinds a system may have (a device kind index is a byte).
+pub const MAX_NMC_UNITS: usize = 16;
+
+/// `[[offload]]`: ops matching every field given run on `device` ("gpu" or an NMC unit).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OffloadRule {
+    pub device: String,
+    pub category: Option<String>,
+    pub phase: Option<String>,
+    /// The op reads or writes a tensor of this class (needs tensors and accesses).
+    pub tensor_class: Option<String>,
+}
+
 /// `[network.topology]`: one flat table, fields checked per `kind` by
 /// [`crate::model::topology::Fabric::build`] so a misplaced field is an error naming it.
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -222,6 +267,12 @@ pub struct System {
     /// when one is full. Classes not listed use the primary tier, then the others.
     #[serde(default)]
     pub placement: BTreeMap<String, Vec<String>>,
+    /// Near-memory compute units beside each device (per GPU), each on one memory tier.
+    #[serde(default)]
+    pub nmc: Vec<NmcUnit>,
+    /// Which ops run on which device kind; the first matching rule wins, others run on the GPU.
+    #[serde(default)]
+    pub offload: Vec<OffloadRule>,
     /// Index of the primary tier, resolved once by [`System::from_json`].
     #[serde(skip)]
     primary: u8,
@@ -238,6 +289,9 @@ impl System {
         let mut system: System = serde_json::from_str(json).map_err(|e| Error::Config(e.to_string()))?;
         system.check()?;
         system.primary = system.tier_index(&system.device.primary_memory).unwrap_or(0);
+        for k in 0..system.nmc.len() {
+            system.nmc[k].tier_index = system.tier_index(&system.nmc[k].tier).unwrap_or(0);
+        }
         system.tiers = system.device.memory.values().cloned().collect();
         for (k, d) in Dtype::ALL.iter().enumerate() {
             system.peaks[k] = system.lookup_peak_flops(Some(*d));
@@ -281,6 +335,7 @@ impl System {
         if let Some(n) = &self.network.nccl {
             n.check().map_err(|e| Error::Config(format!("{}: {e}", self.name)))?;
         }
+        self.check_nmc()?;
         let e = &self.device.efficiency;
         for (what, v) in [("gemm_max", e.gemm_max), ("mem_max", e.mem_max)] {
             if !(v > 0.0 && v <= 1.0) {
@@ -374,6 +429,90 @@ impl System {
     }
 
     /// Index of a tier in `device.memory` (name order).
+    fn check_nmc(&self) -> Result<()> {
+        let fail = |msg: String| Err(Error::Config(format!("{}: {msg}", self.name)));
+        if self.nmc.len() > MAX_NMC_UNITS {
+            return fail(format!("at most {MAX_NMC_UNITS} nmc units, got {}", self.nmc.len()));
+        }
+        for (k, u) in self.nmc.iter().enumerate() {
+            let at = format!("nmc[{k}] ({})", u.name);
+            if u.name == "gpu" || self.nmc[..k].iter().any(|v| v.name == u.name) {
+                return fail(format!("{at}: name must be unique and not \"gpu\""));
+            }
+            if !self.device.memory.contains_key(&u.tier) {
+                let tiers: Vec<&str> = self.device.memory.keys().map(String::as_str).collect();
+                return fail(format!(
+                    "{at}: tier {:?} is not a memory tier of device {} (it has: {})",
+                    u.tier,
+                    self.device.name,
+                    tiers.join(", ")
+                ));
+            }
+            for (what, v) in [
+                ("internal_bw_bytes", u.internal_bw_bytes),
+                ("link_bw_bytes", u.link_bw_bytes),
+            ] {
+                if !(v.is_finite() && v > 0.0) {
+                    return fail(format!("{at}: {what} must be a positive number, got {v}"));
+                }
+            }
+            if u.peak_flops.is_empty() {
+                return fail(format!("{at}: peak_flops needs at least one dtype"));
+            }
+            for (dtype, v) in &u.peak_flops {
+                if Dtype::parse(dtype).is_none() {
+                    return fail(format!("{at}: peak_flops has unknown dtype {dtype:?}"));
+                }
+                if !(v.is_finite() && *v > 0.0) {
+                    return fail(format!("{at}: peak_flops.{dtype} must be a positive number, got {v}"));
+                }
+            }
+        }
+        for (k, r) in self.offload.iter().enumerate() {
+            if r.device != "gpu" && !self.nmc.iter().any(|u| u.name == r.device) {
+                let units: Vec<&str> = self.nmc.iter().map(|u| u.name.as_str()).collect();
+                return fail(format!(
+                    "offload[{k}]: device {:?} is not \"gpu\" or an nmc unit (units: {})",
+                    r.device,
+                    if units.is_empty() {
+                        "none".to_string()
+                    } else {
+                        units.join(", ")
+                    }
+                ));
+            }
+            if let Some(c) = &r.category {
+                if Category::parse(c).is_none() {
+                    return fail(format!("offload[{k}]: unknown category {c:?}"));
+                }
+            }
+            if let Some(p) = &r.phase {
+                if crate::trace::Phase::parse(p).is_none() {
+                    return fail(format!("offload[{k}]: unknown phase {p:?}"));
+                }
+            }
+            if let Some(c) = &r.tensor_class {
+                if crate::memory::TensorClass::parse(c).is_none() {
+                    return fail(format!("offload[{k}]: unknown tensor_class {c:?}"));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Device kind index of an offload rule: 0 for the GPU, k + 1 for NMC unit k.
+    pub fn device_kind(&self, name: &str) -> u8 {
+        self.nmc.iter().position(|u| u.name == name).map_or(0, |k| k as u8 + 1)
+    }
+
+    pub fn device_kind_name(&self, kind: u8) -> &str {
+        if kind == 0 {
+            "gpu"
+        } else {
+            self.nmc.get(kind as usize - 1).map_or("?", |u| u.name.as_str())
+        }
+    }
+
     pub fn tier_index(&self, name: &str) -> Option<u8> {
         self.device.memory.keys().position(|k| k == name).map(|i| i as u8)
     }

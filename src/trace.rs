@@ -87,6 +87,16 @@ string_enum!(
     }
 );
 
+string_enum!(
+    Phase {
+        Fwd => "fwd",
+        Bwd => "bwd",
+        Optim => "optim",
+        Prefill => "prefill",
+        Decode => "decode",
+    }
+);
+
 /// A communicator: the ranks that take part in its collectives.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Group {
@@ -118,6 +128,9 @@ pub struct Ops {
     pub gemm_n: Option<UInt64Array>,
     pub src_tier: Option<arrow_array::StringArray>,
     pub dst_tier: Option<arrow_array::StringArray>,
+    /// The `phase` column as given, one array per batch: parsed only by what needs it
+    /// ([`Ops::phases`]), so replays that do not pay nothing for it.
+    pub phase: Option<Vec<ArrayRef>>,
 }
 
 /// A trace ready for validation and replay.
@@ -161,12 +174,34 @@ impl Ops {
         }
     }
 
+    pub fn bytes_read(&self, i: usize) -> Option<u64> {
+        get(&self.bytes_read, i)
+    }
+
+    pub fn bytes_written(&self, i: usize) -> Option<u64> {
+        get(&self.bytes_written, i)
+    }
+
     pub fn dtype(&self, i: usize) -> Option<Dtype> {
         self.dtype.as_ref().and_then(|d| d[i])
     }
 
     pub fn category(&self, i: usize) -> Option<Category> {
         self.category.as_ref().and_then(|c| c[i])
+    }
+
+    /// The parsed `phase` column, if the trace has one.
+    pub fn phases(&self) -> Result<Option<Vec<Option<Phase>>>> {
+        match &self.phase {
+            Some(chunks) => Ok(Some(parse_enum(
+                &self.op_id,
+                chunks,
+                "phase",
+                Phase::parse,
+                Phase::allowed,
+            )?)),
+            None => Ok(None),
+        }
     }
 
     pub fn coll(&self, i: usize) -> Option<CollKind> {
@@ -311,6 +346,7 @@ impl Ops {
             gemm_n: optional::<UInt64Type>(&batch, "gemm_n")?,
             src_tier: string_column(&batch, "src_tier")?,
             dst_tier: string_column(&batch, "dst_tier")?,
+            phase: chunks("phase"),
             op_id,
         })
     }

@@ -14,9 +14,9 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from tracesim.exceptions import SystemConfigError
-from tracesim.format import Category, Dtype, TensorClass
+from tracesim.format import PHASES, Category, Dtype, TensorClass
 
-PRESET_KINDS = ("systems", "devices", "tiers", "links")
+PRESET_KINDS = ("systems", "devices", "tiers", "links", "nmc")
 
 
 class _Strict(BaseModel):
@@ -195,6 +195,36 @@ class Network(_Strict):
     algorithm: CollectiveAlgorithm = "auto"
 
 
+class NmcUnit(_Strict):
+    """A near-memory compute unit beside each device (docs/heterogeneous.md); `unit` names the
+    presets/nmc/ preset it derives from."""
+
+    name: str
+    unit: str | None = None
+    description: str = ""
+    tier: str = Field(description="the device memory tier it sits on")
+    peak_flops: dict[Dtype, float]
+    internal_bw_bytes: float = Field(gt=0, description="bytes/s it reads and writes its tier at")
+    energy_pj_per_flop: float = Field(default=0.0, ge=0)
+    energy_pj_per_bit: float = Field(default=0.0, ge=0, description="its own accesses to its tier")
+    link_bw_bytes: float = Field(gt=0, description="bytes/s of its link to the GPU")
+    link_latency_ns: float = Field(default=0.0, ge=0)
+    link_energy_pj_per_bit: float = Field(default=0.0, ge=0)
+    launch_overhead_ns: float = Field(default=0.0, ge=0)
+
+
+Phase = Literal[PHASES]  # type: ignore[valid-type]
+
+
+class OffloadRule(_Strict):
+    """Ops that match every field given run on `device` ("gpu" or an nmc unit's name)."""
+
+    device: str
+    category: Category | None = None
+    phase: Phase | None = None
+    tensor_class: TensorClass | None = None
+
+
 class System(_Strict):
     name: str
     description: str = ""
@@ -205,6 +235,27 @@ class System(_Strict):
     # Tensor class → device memory tiers in order of preference; a tensor spills to the next
     # tier when one is full. Classes not listed go to the primary tier, then the others.
     placement: dict[TensorClass, list[str]] = Field(default_factory=dict)
+    nmc: list[NmcUnit] = Field(default_factory=list)
+    offload: list[OffloadRule] = Field(default_factory=list)
+
+    @model_validator(mode="after")
+    def _nmc_and_offload_are_consistent(self) -> System:
+        names = [u.name for u in self.nmc]
+        for k, u in enumerate(self.nmc):
+            if u.name == "gpu" or u.name in names[:k]:
+                raise ValueError(f"nmc[{k}].name {u.name!r} must be unique and not 'gpu'")
+            if u.tier not in self.device.memory:
+                raise ValueError(
+                    f"nmc[{k}] ({u.name}) sits on tier {u.tier!r}, which device {self.device.name} does not "
+                    f"have (it has: {', '.join(self.device.memory)})"
+                )
+        for k, r in enumerate(self.offload):
+            if r.device != "gpu" and r.device not in names:
+                known = ", ".join(["gpu", *names])
+                raise ValueError(
+                    f"offload[{k}].device {r.device!r} is not a device kind of this system ({known})"
+                )
+        return self
 
     @model_validator(mode="after")
     def _placement_tiers_exist(self) -> System:
@@ -276,6 +327,8 @@ class System(_Strict):
                 },
                 "network": self.network.model_dump(exclude={k: set(LINK_TECH_FIELDS) for k in LINK_LEVELS}),
                 "placement": self.placement,
+                "nmc": [u.model_dump(exclude={"unit", "description"}) for u in self.nmc],
+                "offload": [r.model_dump() for r in self.offload],
             }
         )
 
@@ -301,9 +354,8 @@ def _load_toml(text: str, where: str) -> dict[str, Any]:
 def _preset(kind: str, name: str) -> tuple[dict[str, Any], str]:
     p = _preset_dir(kind) / f"{name}.toml"
     if not p.is_file():
-        raise SystemConfigError(
-            f"unknown {kind[:-1]} preset {name!r}; presets: {', '.join(preset_names(kind))}"
-        )
+        label = "nmc unit" if kind == "nmc" else kind[:-1]
+        raise SystemConfigError(f"unknown {label} preset {name!r}; presets: {', '.join(preset_names(kind))}")
     return _load_toml(p.read_text(), f"preset {kind}/{name}.toml"), f"{kind}/{name}.toml"
 
 
@@ -420,6 +472,9 @@ def _resolve(kind: str, raw: dict[str, Any], where: str, seen: tuple[str, ...] =
         elif isinstance(device, dict):
             raw["device"] = _resolve("devices", device, where)
         _expand_links(raw, own_links, where)
+        units = raw.get("nmc")
+        if isinstance(units, list):
+            raw["nmc"] = [_expand_unit(u, f"{where}: nmc[{k}]") for k, u in enumerate(units)]
     if kind == "devices":
         memory = raw.get("memory")
         if isinstance(memory, dict):
@@ -429,6 +484,18 @@ def _resolve(kind: str, raw: dict[str, Any], where: str, seen: tuple[str, ...] =
                     preset.pop("name", None)
                     memory[name] = _merge(preset, tier)
     return raw
+
+
+def _expand_unit(unit: Any, where: str) -> Any:
+    """An nmc unit that names a presets/nmc/ preset (`unit = "hbm-pim"`) takes its fields, then
+    its own."""
+    if not isinstance(unit, dict) or not isinstance(unit.get("unit"), str):
+        return unit
+    preset, _ = _preset("nmc", unit["unit"])
+    preset.pop("name", None)
+    merged = _merge(preset, unit)
+    merged.setdefault("name", unit["unit"])
+    return merged
 
 
 def _parse_value(text: str) -> Any:

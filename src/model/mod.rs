@@ -5,6 +5,7 @@ pub mod compute;
 pub mod flow;
 pub mod nccl;
 pub mod network;
+pub mod nmc;
 pub mod topology;
 
 pub use compute::{ComputeMode, ComputeModel, OpTime, TimeSource};

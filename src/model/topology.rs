@@ -63,6 +63,8 @@ enum Shape {
     /// Scale-up switch per domain; scale-out circuits form a ring per rail across domains.
     StaticRing {
         domain: u32,
+        domain_switch0: u32,
+        in_network: bool,
         up: Vec<[u32; 2]>,
         /// Per device: [to next domain's device on the rail, to previous one].
         circuit: Vec<[u32; 2]>,
@@ -123,7 +125,13 @@ impl Fabric {
             "torus" => &["dims"],
             "ring" | "fully_connected" => &[],
             "custom" => &["edges"],
-            "ocs" => &["scale_up_domain", "ports_per_device", "reconfig_ns", "policy"],
+            "ocs" => &[
+                "scale_up_domain",
+                "ports_per_device",
+                "reconfig_ns",
+                "policy",
+                "in_network_reduction",
+            ],
             other => {
                 return Err(err(
                     system,
@@ -377,7 +385,7 @@ impl Fabric {
     fn build_static_ring(&mut self, system: &System, spec: &TopologySpec, circuits_per_direction: f64) -> Result<()> {
         let devices = self.devices;
         let domain = Self::domain_size(system, spec, devices)?;
-        let (_, up) = self.build_domains(system, domain);
+        let (domain_switch0, up) = self.build_domains(system, domain);
         let domains = devices / domain;
         let out = &system.network.scale_out;
         let mut circuit = Vec::with_capacity(devices as usize);
@@ -393,6 +401,8 @@ impl Fabric {
         }
         self.shape = Shape::StaticRing {
             domain,
+            domain_switch0,
+            in_network: spec.in_network_reduction.unwrap_or(false),
             up,
             circuit,
             domains,
@@ -486,6 +496,20 @@ impl Fabric {
 
     /// The switch that reduces in the network for a group, when the fabric can.
     pub fn reduction_switch(&self, ranks: &[u32]) -> Option<u32> {
+        if let Shape::StaticRing {
+            domain,
+            domain_switch0,
+            in_network: true,
+            ..
+        } = &self.shape
+        {
+            // Only the scale-up switches reduce; the circuits cannot.
+            let first = *ranks.first()?;
+            return ranks
+                .iter()
+                .all(|&r| r / domain == first / domain)
+                .then_some(domain_switch0 + first / domain);
+        }
         let Shape::Switched {
             domain,
             domain_switch0,
@@ -554,10 +578,21 @@ impl Fabric {
             }
             Shape::StaticRing {
                 domain,
+                domain_switch0,
                 up,
                 circuit,
                 domains,
+                ..
             } => {
+                if b >= self.devices || a >= self.devices {
+                    // A device and its domain switch (in-network reduction).
+                    if b == domain_switch0 + a / domain {
+                        out.push(up[a as usize][0]);
+                    } else if a == domain_switch0 + b / domain {
+                        out.push(up[b as usize][1]);
+                    }
+                    return;
+                }
                 if a / domain == b / domain {
                     out.extend([up[a as usize][0], up[b as usize][1]]);
                     return;

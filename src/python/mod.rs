@@ -94,7 +94,7 @@ fn simulate<'py>(
             let summary = serde_json::to_string(&out.summary).map_err(|e| crate::Error::Config(e.to_string()))?;
             let memory = memory_batch(&system, &out.memory_events)?;
             let links = links_batch(&out.links, out.summary.makespan_ns)?;
-            let batch = timeline_batch(&trace, out.schedule, out.energy_j)?;
+            let batch = timeline_batch(&trace, &system, out.schedule, out.energy_j, out.placement)?;
             Ok((batch, memory, links, summary, out.compute_model, out.network_model))
         })
         .map_err(errors::to_py)?;
@@ -203,8 +203,14 @@ fn links_batch(links: &crate::summary::LinkTraffic, makespan_ns: i64) -> crate::
 }
 
 /// The timeline table (DESIGN.md §5); schedule vectors become Arrow buffers without a copy.
-fn timeline_batch(trace: &Trace, s: crate::Schedule, energy_j: Vec<f64>) -> crate::Result<RecordBatch> {
-    let schema = Schema::new(vec![
+fn timeline_batch(
+    trace: &Trace,
+    system: &System,
+    s: crate::Schedule,
+    energy_j: Vec<f64>,
+    placement: Option<Vec<u8>>,
+) -> crate::Result<RecordBatch> {
+    let mut fields = vec![
         Field::new("op_id", DataType::UInt64, false),
         Field::new("rank", DataType::UInt32, false),
         Field::new("stream", DataType::UInt32, false),
@@ -213,24 +219,40 @@ fn timeline_batch(trace: &Trace, s: crate::Schedule, energy_j: Vec<f64>) -> crat
         Field::new("ready_ns", DataType::Int64, false),
         Field::new("wait_ns", DataType::Int64, false),
         Field::new("energy_j", DataType::Float64, false),
-    ]);
+    ];
     let strip = |a: &UInt32Array| UInt32Array::new(a.values().clone(), None);
-    // ready_ns shares start_ns's buffer: an op starts when it is ready (see Schedule).
     let start: arrow_array::ArrayRef = Arc::new(Int64Array::from(s.start_ns));
-    RecordBatch::try_new(
-        Arc::new(schema),
-        vec![
-            Arc::new(arrow_array::UInt64Array::new(trace.ops.op_id.values().clone(), None)),
-            Arc::new(strip(&trace.ops.rank)),
-            Arc::new(strip(&trace.ops.stream)),
-            start.clone(),
-            Arc::new(Int64Array::from(s.end_ns)),
-            start,
-            Arc::new(Int64Array::from(s.wait_ns)),
-            Arc::new(Float64Array::from(energy_j)),
-        ],
-    )
-    .map_err(|e| crate::Error::Config(format!("building the timeline: {e}")))
+    // Without near-memory units every op starts when it is ready: ready_ns shares start_ns's
+    // buffer (see Schedule).
+    let ready: arrow_array::ArrayRef = match s.ready_ns {
+        Some(r) => Arc::new(Int64Array::from(r)),
+        None => start.clone(),
+    };
+    let mut columns: Vec<arrow_array::ArrayRef> = vec![
+        Arc::new(arrow_array::UInt64Array::new(trace.ops.op_id.values().clone(), None)),
+        Arc::new(strip(&trace.ops.rank)),
+        Arc::new(strip(&trace.ops.stream)),
+        start,
+        Arc::new(Int64Array::from(s.end_ns)),
+        ready,
+        Arc::new(Int64Array::from(s.wait_ns)),
+        Arc::new(Float64Array::from(energy_j)),
+    ];
+    if let Some(kinds) = placement {
+        // Where each op ran: the GPU or a near-memory unit, one byte per op.
+        let names = StringArray::from_iter_values((0..=system.nmc.len()).map(|k| system.device_kind_name(k as u8)));
+        let keys = arrow_array::UInt8Array::from(kinds);
+        let device = arrow_array::DictionaryArray::<arrow_array::types::UInt8Type>::try_new(keys, Arc::new(names))
+            .map_err(|e| crate::Error::Config(format!("building the timeline's device column: {e}")))?;
+        fields.push(Field::new(
+            "device",
+            DataType::Dictionary(Box::new(DataType::UInt8), Box::new(DataType::Utf8)),
+            false,
+        ));
+        columns.push(Arc::new(device));
+    }
+    RecordBatch::try_new(Arc::new(Schema::new(fields)), columns)
+        .map_err(|e| crate::Error::Config(format!("building the timeline: {e}")))
 }
 
 #[pymodule]
