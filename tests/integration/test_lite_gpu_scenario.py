@@ -3,8 +3,6 @@ a 32-Lite-GPU CPO cluster vs a DGX H100 serving the same requests."""
 
 from __future__ import annotations
 
-import importlib.util
-import sys
 from pathlib import Path
 from types import ModuleType
 from typing import Any
@@ -12,22 +10,14 @@ from typing import Any
 import pytest
 
 import tracesim
+from tests.examples import load_example
 
 EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "lite_gpu"
 
 
-def _load_example() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("lite_gpu_run", EXAMPLE / "run.py")
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
-
-
 @pytest.fixture(scope="module")
 def example() -> ModuleType:
-    return _load_example()
+    return load_example("lite_gpu")
 
 
 @pytest.fixture(scope="module")

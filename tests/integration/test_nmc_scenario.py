@@ -3,25 +3,11 @@ relations its README section states."""
 
 from __future__ import annotations
 
-import importlib.util
-import sys
-from pathlib import Path
-from types import ModuleType
-
-EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "nmc_decode" / "run.py"
-
-
-def _load() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("nmc_decode_run", EXAMPLE)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
+from tests.examples import load_example
 
 
 def test_nmc_decode_scenario() -> None:
-    rows = _load().run(steps=1)
+    rows = load_example("nmc_decode").run(steps=1)
     gqa, mha = ({r["variant"]: r for r in rs} for rs in rows.values())
     gpu, pim = "GPU only, all in HBM", "HBM-PIM"
     # GQA's decode attention does 8 FLOPs per KV byte: compute-bound on the PIM units, slower.

@@ -3,26 +3,15 @@ its README section states."""
 
 from __future__ import annotations
 
-import importlib.util
-import sys
 from pathlib import Path
 
 import polars as pl
 
-EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "ocs_sweep" / "run.py"
-
-
-def _load():  # type: ignore[no-untyped-def]
-    spec = importlib.util.spec_from_file_location("ocs_sweep_run", EXAMPLE)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
+from tests.examples import load_example
 
 
 def test_ocs_sweep(tmp_path: Path) -> None:
-    run = _load()
+    run = load_example("ocs_sweep")
     table = run.run(tmp_path / "sweep")
     assert table.height == 18
     step = {(r["policy"], r["reconfig_ns"]): r["step_ms"] for r in table.iter_rows(named=True)}

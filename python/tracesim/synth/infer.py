@@ -40,7 +40,9 @@ import polars as pl
 import pyarrow as pa
 
 from tracesim.exceptions import TracesimError
+from tracesim.format import OPS
 from tracesim.synth.models import ModelSpec, load_model
+from tracesim.synth.train import _OP_COLS as _TRAIN_OP_COLS
 from tracesim.synth.train import PlanError
 from tracesim.trace import Trace
 
@@ -145,43 +147,10 @@ def read_requests(path: str | os.PathLike[str]) -> Requests:
 # --- op building --------------------------------------------------------------------------
 
 
-_OP_COLS = (
-    "stream",
-    "name",
-    "kind",
-    "category",
-    "dtype",
-    "flops",
-    "bytes_read",
-    "bytes_written",
-    "coll",
-    "coll_seq",
-    "comm_bytes",
-    "p2p_seq",
-    "layer",
-    "phase",
-    "gemm_m",
-    "gemm_n",
-    "gemm_k",
-    "iteration",
-    "duration_ns",
-)
-_STR_COLS = ("name", "kind", "category", "dtype", "coll", "phase")
-_TYPES = {
-    "stream": pa.uint32(),
-    "coll_seq": pa.uint64(),
-    "comm_bytes": pa.uint64(),
-    "p2p_seq": pa.uint64(),
-    "layer": pa.int32(),
-    "bytes_read": pa.uint64(),
-    "bytes_written": pa.uint64(),
-    "gemm_m": pa.uint64(),
-    "gemm_n": pa.uint64(),
-    "gemm_k": pa.uint64(),
-    "iteration": pa.uint32(),
-    "duration_ns": pa.int64(),
-    "flops": pa.float64(),
-}
+# The columns synth train emits, plus the iteration and the host ops' durations; types from the
+# one trace schema.
+_OP_COLS = (*_TRAIN_OP_COLS, "iteration", "duration_ns")
+_STR_COLS = tuple(c for c in _OP_COLS if OPS[c].type == pa.string())
 
 
 @dataclass(frozen=True)
@@ -642,7 +611,7 @@ class _StageTrace:
                 pa.array(codes, pa.int32()), pa.array(dictionary, pa.string())
             ).cast(pa.string())
         for c in _NUM_COLS:
-            cols[c] = pa.array(num[c], type=_TYPES[c], mask=null[c])
+            cols[c] = pa.array(num[c], type=OPS[c].type, mask=null[c])
         cols["stream"] = pa.array(stream, pa.uint32())
         cols["layer"] = pa.array(np.where(layer == _NO_LAYER, 0, layer), pa.int32(), mask=layer == _NO_LAYER)
         cols["iteration"] = pa.array(np.maximum(iteration, 0), pa.uint32(), mask=iteration < 0)
@@ -696,12 +665,7 @@ class _Timer:
         e.run_pass("decode", shape)
         t = e.t
         n = t.n
-        table = pa.table(
-            {
-                c: pa.array(t.cols[c], type=_TYPES.get(c, pa.string() if c in _STR_COLS else None))
-                for c in _OP_COLS
-            }
-        )
+        table = pa.table({c: pa.array(t.cols[c], type=OPS[c].type) for c in _OP_COLS})
         table = table.append_column("op_id", pa.array(np.arange(n, dtype=np.uint64)))
         table = table.append_column("rank", pa.array(np.zeros(n, np.uint32)))
         times = op_times(table, self.system, compute_model="roofline").to_pylist()

@@ -32,6 +32,7 @@ import numpy as np
 import pyarrow as pa
 
 from tracesim.exceptions import TracesimError
+from tracesim.format import OPS
 from tracesim.synth.models import ModelSpec, load_model
 from tracesim.trace import Trace
 
@@ -1188,21 +1189,6 @@ def _assign_p2p_seq(templates: list[_Template], pp: int) -> None:
                 t.cols["p2p_seq"][i] = seqs[(peer_stage(s, t.peer[i]), s, key)]
 
 
-_STR_COLS = ("name", "kind", "category", "dtype", "coll", "phase")
-_INT_TYPES = {
-    "stream": pa.uint32(),
-    "coll_seq": pa.uint64(),
-    "comm_bytes": pa.uint64(),
-    "p2p_seq": pa.uint64(),
-    "layer": pa.int32(),
-    "bytes_read": pa.uint64(),
-    "bytes_written": pa.uint64(),
-    "gemm_m": pa.uint64(),
-    "gemm_n": pa.uint64(),
-    "gemm_k": pa.uint64(),
-}
-
-
 def _tile(arr: pa.Array, k: int) -> pa.Array:
     """`arr` repeated `k` times, built from its buffers with NumPy (much faster than `take`)."""
     n = len(arr)
@@ -1293,12 +1279,7 @@ def _expand(
     if bases is None:
         bases = _GroupBases(0, n_tp, n_tp, n_tp)
     n, k = tpl.n, len(ranks)
-    local = pa.table(
-        {
-            c: pa.array(tpl.cols[c], type=_INT_TYPES.get(c, pa.string() if c in _STR_COLS else None))
-            for c in _OP_COLS
-        }
-    )
+    local = pa.table({c: pa.array(tpl.cols[c], type=OPS[c].type) for c in _OP_COLS})
     idx = np.tile(np.arange(n, dtype=np.int64), k)
     ops = pa.table({c: _tile(local.column(c).combine_chunks(), k) for c in local.column_names})
     rank_rep = np.repeat(ranks, n)
