@@ -6,7 +6,7 @@ use std::collections::BinaryHeap;
 use crate::error::{BlockedOp, Error, Result};
 use crate::graph::{cycle_error, find_cycle, Graph, NONE};
 use crate::memory::MemoryState;
-use crate::model::flow::{p2p_plan, FlowSim};
+use crate::model::flow::FlowSim;
 use crate::model::nmc;
 use crate::model::{ComputeModel, NetworkModel, TimeSource};
 use crate::system::System;
@@ -207,7 +207,7 @@ pub fn replay(trace: &Trace, graph: &Graph, models: &Models, mut memory: Option<
                         } else {
                             (dst, src)
                         };
-                        std::sync::Arc::new(p2p_plan(models.network.fabric(), src, dst))
+                        std::sync::Arc::new(models.network.p2p_plan(src, dst))
                     } else {
                         let coll = ops.coll(first).unwrap_or(CollKind::Barrier);
                         let ranks = &trace.groups[rdv.group[c] as usize].ranks;

@@ -85,6 +85,16 @@ pub fn simulate_with_memory(
             system.devices_per_node
         )));
     }
+    if let Some(map) = &system.network.rank_to_device {
+        if map.len() < trace.ranks as usize {
+            return Err(Error::Config(format!(
+                "{}: network.rank_to_device maps {} ranks but the trace has {}",
+                system.name,
+                map.len(),
+                trace.ranks
+            )));
+        }
+    }
     check_tier_moves(trace, system)?;
     let network = AnalyticalNetwork::new(system)?;
     let graph = graph::Graph::build(trace)?;
@@ -105,7 +115,7 @@ pub fn simulate_with_memory(
     if let Some(p) = &placement {
         summary.devices = summary::device_summary(trace, system, &schedule, &energy_j, p, state.as_ref());
     }
-    let links = summary::link_traffic(trace, &graph, &network, schedule.link_busy_ns.as_deref());
+    let links = summary::link_traffic(trace, &graph, system, &network, schedule.link_busy_ns.as_deref());
     let mut memory_events = Vec::new();
     if let Some(state) = state {
         summary::add_memory(&mut summary, trace, system, &state);

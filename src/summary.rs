@@ -220,7 +220,13 @@ pub struct LinkRow {
 
 /// Bytes on every fabric link from every collective instance and send/recv pair; `busy_ns`
 /// per link where the flow-level model measured it.
-pub fn link_traffic(trace: &Trace, graph: &Graph, network: &dyn NetworkModel, busy_ns: Option<&[f64]>) -> LinkTraffic {
+pub fn link_traffic(
+    trace: &Trace,
+    graph: &Graph,
+    system: &System,
+    network: &dyn NetworkModel,
+    busy_ns: Option<&[f64]>,
+) -> LinkTraffic {
     let ops = &trace.ops;
     let rdv = &graph.rendezvous;
     let fabric = network.fabric();
@@ -241,13 +247,24 @@ pub fn link_traffic(trace: &Trace, graph: &Graph, network: &dyn NetworkModel, bu
             network.add_collective_traffic(ops.coll(first).unwrap_or(CollKind::Barrier), n, ranks, &mut bytes);
         }
     }
+    // The rank on each device (network.rank_to_device), for labelling device links.
+    let mut rank_of_device: Vec<Option<u32>> = (0..fabric.devices).map(Some).collect();
+    if let Some(map) = &system.network.rank_to_device {
+        rank_of_device.iter_mut().for_each(|r| *r = None);
+        for (r, &d) in map.iter().enumerate() {
+            if let Some(slot) = rank_of_device.get_mut(d as usize) {
+                *slot = Some(r as u32);
+            }
+        }
+    }
+    let rank_on = |device: u32| rank_of_device.get(device as usize).copied().flatten();
     let rows = fabric
         .links
         .iter()
         .zip(bytes)
         .enumerate()
         .map(|(k, (l, b))| LinkRow {
-            rank: (l.src < fabric.devices).then_some(l.src),
+            rank: if l.src < fabric.devices { rank_on(l.src) } else { None },
             level: l.level,
             src: fabric.node_name(l.src).to_string(),
             dst: fabric.node_name(l.dst).to_string(),

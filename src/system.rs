@@ -167,6 +167,9 @@ pub struct Network {
     /// algorithms the topology supports), or one of [`crate::model::collectives::Algorithm`].
     #[serde(default)]
     pub algorithm: Option<String>,
+    /// The device each rank runs on (rank r on device `rank_to_device[r]`); absent: device r.
+    #[serde(default)]
+    pub rank_to_device: Option<Vec<u32>>,
 }
 
 /// A near-memory compute unit (HBM-PIM, logic beside HBF/MRM, CXL-attached NMC): compute on
@@ -336,6 +339,27 @@ impl System {
             n.check().map_err(|e| Error::Config(format!("{}: {e}", self.name)))?;
         }
         self.check_nmc()?;
+        if let Some(map) = &self.network.rank_to_device {
+            let mut seen = vec![false; self.devices() as usize];
+            for (r, &d) in map.iter().enumerate() {
+                match seen.get_mut(d as usize) {
+                    None => {
+                        return Err(Error::Config(format!(
+                            "{}: network.rank_to_device[{r}] = {d}, but the system has {} devices",
+                            self.name,
+                            self.devices()
+                        )))
+                    }
+                    Some(true) => {
+                        return Err(Error::Config(format!(
+                            "{}: network.rank_to_device[{r}] = {d} puts a second rank on device {d}",
+                            self.name
+                        )))
+                    }
+                    Some(s) => *s = true,
+                }
+            }
+        }
         let e = &self.device.efficiency;
         for (what, v) in [("gemm_max", e.gemm_max), ("mem_max", e.mem_max)] {
             if !(v > 0.0 && v <= 1.0) {

@@ -193,6 +193,8 @@ class Network(_Strict):
     nccl: NcclTuning | None = None
     topology: Topology | None = None
     algorithm: CollectiveAlgorithm = "auto"
+    # Rank r runs on device rank_to_device[r] (a permutation of devices); absent: device r.
+    rank_to_device: list[int] | None = None
 
 
 class NmcUnit(_Strict):

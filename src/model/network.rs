@@ -25,6 +25,8 @@ pub trait NetworkModel: Send + Sync {
     fn add_p2p_traffic(&self, bytes: u64, src: u32, dst: u32, per_link: &mut [f64]);
     /// The plan the collective runs with (for the flow-level model).
     fn collective_plan(&self, coll: CollKind, bytes: u64, ranks: &[u32]) -> Arc<Plan>;
+    /// The plan of one message from `src` to `dst` (for the flow-level model).
+    fn p2p_plan(&self, src: u32, dst: u32) -> Plan;
     fn fabric(&self) -> &Fabric;
 }
 
@@ -85,6 +87,7 @@ impl<'a> AnalyticalNetwork<'a> {
 
     /// Plans of the algorithms this collective may run with, built once per group.
     fn candidates(&self, coll: CollKind, ranks: &[u32]) -> Candidates {
+        let devices: Vec<u32> = ranks.iter().map(|&r| self.device_of(r)).collect();
         if let Ok(cache) = self.plans.lock() {
             // Keyed by the group's ranks: a few distinct groups serve every instance.
             if let Some(Some(p)) = cache.get(ranks).map(|by_kind| &by_kind[coll as usize]) {
@@ -92,7 +95,7 @@ impl<'a> AnalyticalNetwork<'a> {
             }
         }
         let build = |a: Algorithm| {
-            collectives::phases(a, coll, ranks, &self.fabric)
+            collectives::phases(a, coll, &devices, &self.fabric)
                 .map(|ph| Arc::new(collectives::plan(a, &ph, &self.fabric)))
         };
         let mut plans: Vec<Arc<Plan>> = match self.algorithm {
@@ -128,8 +131,18 @@ impl<'a> AnalyticalNetwork<'a> {
 
     fn route(&self, src: u32, dst: u32) -> Vec<u32> {
         let mut path = Vec::new();
-        self.fabric.route(src, dst, &mut path);
+        self.fabric.route(self.device_of(src), self.device_of(dst), &mut path);
         path
+    }
+
+    /// The device a rank runs on: `network.rank_to_device`, else rank r on device r.
+    fn device_of(&self, rank: u32) -> u32 {
+        self.system
+            .network
+            .rank_to_device
+            .as_ref()
+            .and_then(|m| m.get(rank as usize).copied())
+            .unwrap_or(rank)
     }
 }
 
@@ -144,7 +157,7 @@ impl NetworkModel for AnalyticalNetwork<'_> {
         }
         if self.use_nccl {
             if let Some(nccl) = &self.system.network.nccl {
-                let mut nodes: Vec<u32> = ranks.iter().map(|&r| self.system.node_of(r)).collect();
+                let mut nodes: Vec<u32> = ranks.iter().map(|&r| self.system.node_of(self.device_of(r))).collect();
                 nodes.sort_unstable();
                 nodes.dedup();
                 if let Some(ns) = nccl.collective_ns(coll, bytes, ranks.len(), nodes.len()) {
@@ -206,6 +219,10 @@ impl NetworkModel for AnalyticalNetwork<'_> {
 
     fn collective_plan(&self, coll: CollKind, bytes: u64, ranks: &[u32]) -> Arc<Plan> {
         self.best(coll, bytes, ranks)
+    }
+
+    fn p2p_plan(&self, src: u32, dst: u32) -> Plan {
+        crate::model::flow::p2p_plan(&self.fabric, self.device_of(src), self.device_of(dst))
     }
 
     fn fabric(&self) -> &Fabric {

@@ -150,3 +150,25 @@ def test_bad_topology_is_a_clear_error(tmp_path: Path) -> None:
         _system(tmp_path, "[network.topology]\nkind = 'hypercube'\n", "h.toml")
     with pytest.raises(tracesim.SystemConfigError, match="algorithm"):
         _system(tmp_path, "[network]\nalgorithm = 'butterfly'\n", "a.toml")
+
+
+def test_rank_to_device_moves_ranks_onto_other_nodes() -> None:
+    """Two ranks on one node's NVSwitch, or mapped onto two nodes so their all-reduce crosses
+    the NICs; links.parquet labels device links by the rank on the device."""
+    base = tracesim.load_system("dgx-h100", nodes=2, overrides=["network.algorithm=ring"])
+    trace = single_collective(2, GIB)
+    near = tracesim.simulate(trace, base)
+    far_system = tracesim.load_system(base, overrides=["network.rank_to_device=[0, 8]"])
+    far = tracesim.simulate(trace, far_system)
+    assert near.makespan_ns == round(2 * 936.25 + GIB / 450e9 * 1e9)
+    assert far.makespan_ns == round(2 * 1500 + GIB / 50e9 * 1e9)
+    assert far.links is not None
+    nic = far.links.filter(
+        (far.links["link"] == "scale_out") & (far.links["bytes"] > 0) & far.links["rank"].is_not_null()
+    )
+    assert sorted(nic["rank"].to_list()) == [0, 1]
+    assert sorted(nic["src"].to_list()) == ["gpu0", "gpu8"]
+    with pytest.raises(tracesim.SystemConfigError, match="puts a second rank on device 0"):
+        tracesim.simulate(trace, tracesim.load_system(base, overrides=["network.rank_to_device=[0, 0]"]))
+    with pytest.raises(tracesim.SystemConfigError, match="maps 1 ranks but the trace has 2"):
+        tracesim.simulate(trace, tracesim.load_system(base, overrides=["network.rank_to_device=[3]"]))
