@@ -70,6 +70,8 @@ def run_variant(variant: Variant, trace: Trace, steps: int) -> dict[str, Any]:
     )
     devices = {d["device"]: d for d in s.get("devices", [])}
     nmc = next((d for name, d in devices.items() if name != "gpu"), None)
+    system = _system(variant)
+    nmc_tier = next((u.tier for u in system.nmc if nmc is not None and u.name == nmc["device"]), None)
     tiers = {t["tier"]: t["bytes_read"] + t["bytes_written"] for t in s["memory_tiers"]}
     return {
         "variant": variant.label,
@@ -80,7 +82,19 @@ def run_variant(variant: Variant, trace: Trace, steps: int) -> dict[str, Any]:
         "nmc_local_gb": 0.0 if nmc is None else nmc["local_bytes"] / 1e9 / steps,
         "nmc_moved_gb": 0.0 if nmc is None else nmc["moved_bytes"] / 1e9 / steps,
         "tier_gb": {k: v / 1e9 / steps for k, v in tiers.items()},
+        "nmc_tier": nmc_tier,
     }
+
+
+def _tiers(row: dict[str, Any]) -> str:
+    """Bytes each tier served per step, split into what the GPU read and wrote there and what
+    the near-memory unit on it did."""
+    local = row["nmc_local_gb"]
+    parts = []
+    for tier, gb in sorted(row["tier_gb"].items()):
+        nmc = local if local and tier == row["nmc_tier"] else 0.0
+        parts.append(f"{tier} {gb - nmc:.1f} + {nmc:.1f} GB")
+    return ", ".join(parts)
 
 
 def run(steps: int) -> dict[str, list[dict[str, Any]]]:
@@ -129,14 +143,14 @@ def main() -> None:
         print(f"\n{workload}\n")
         print(
             "| variant | step | attention | energy / token | memory energy / token "
-            "| NMC local / moved per step |"
+            "| tier bytes per step (to GPU + to NMC) | NMC moved per step |"
         )
-        print("|---|---|---|---|---|---|")
+        print("|---|---|---|---|---|---|---|")
         for r in rs:
             print(
                 f"| {r['variant']} | {r['step_ms']:.1f} ms | {r['attention_ms']:.1f} ms "
                 f"| {r['energy_per_token_j'] * 1e3:.0f} mJ | {r['memory_j_per_token'] * 1e3:.0f} mJ "
-                f"| {r['nmc_local_gb']:.1f} / {r['nmc_moved_gb']:.1f} GB |"
+                f"| {_tiers(r)} | {r['nmc_moved_gb']:.1f} GB |"
             )
     if args.figures:
         args.figures.mkdir(parents=True, exist_ok=True)
