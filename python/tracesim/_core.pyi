@@ -9,6 +9,7 @@ __all__ = [
     "TracesimError",
     "__version__",
     "op_times",
+    "read_kineto_json",
     "simulate",
     "validate",
 ]
@@ -33,6 +34,9 @@ def simulate(
     network: str,
     allow_oom: bool,
 ) -> tuple[pa.RecordBatch, pa.RecordBatch, pa.RecordBatch, str, str, str]: ...
+def read_kineto_json(
+    data: bytes, path: str, keep_args: bool = False
+) -> tuple[pa.RecordBatch, str | None, str | None]: ...
 def op_times(
     ops: Any, system_json: str, source_system_json: str | None, compute_model: str
 ) -> pa.RecordBatch: ...

@@ -2,6 +2,7 @@
 //! The engine runs with the GIL released.
 
 mod errors;
+mod kineto;
 
 use std::sync::Arc;
 
@@ -260,6 +261,7 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(validate, m)?)?;
     m.add_function(wrap_pyfunction!(simulate, m)?)?;
     m.add_function(wrap_pyfunction!(op_times, m)?)?;
+    m.add_function(wrap_pyfunction!(kineto::read_kineto_json, m)?)?;
     errors::register(m)?;
     m.add("__version__", env!("CARGO_PKG_VERSION"))?;
     Ok(())

@@ -29,8 +29,12 @@ One file per rank, plain or gzip. What becomes an op:
 Everything else (CPU operators, Python functions, annotations, flows, metadata, instants) is
 counted by class in the `IngestReport`.
 
-Times: Chrome-trace `ts`/`dur` are microseconds; they are read exactly (as decimal text, not
-floats) into integer nanoseconds. A trace with `displayTimeUnit: "ns"` whose times are all
+Reading: the JSON is parsed by the Rust core (`tracesim._core.read_kineto_json`) into Arrow
+columns; events are classified and the unmapped ones counted with Polars, and only the events that
+are mapped become Python objects.
+
+Times: Chrome-trace `ts`/`dur` are microseconds; they are read exactly (from their decimal text,
+never through a float) into integer nanoseconds. A trace with `displayTimeUnit: "ns"` whose times are all
 integers is taken to be in nanoseconds already; Kineto's own "ns" traces write microseconds with
 three decimals and are read as microseconds (`time_unit` overrides the guess).
 """
@@ -38,21 +42,32 @@ three decimals and are read as microseconds (`time_unit` overrides the guess).
 from __future__ import annotations
 
 import bisect
+import gc
 import json
 import re
 from collections import Counter, defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from decimal import Decimal
+from functools import lru_cache
+from itertools import chain
+from operator import attrgetter
 from pathlib import Path
 from typing import Any, Literal, Protocol
 
+import numpy as np
+import polars as pl
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from tracesim._core import read_kineto_json
 from tracesim.exceptions import TraceError
 from tracesim.ingest._common import (
     COLL_NAMES,
     DTYPE_BYTES,
     FORMAT_DTYPE,
     NO_PEER_FILES,
+    OP_COLUMN_TYPES,
     OUTSIDE_GROUP,
     _category,
     _counter_lines,
@@ -145,6 +160,10 @@ class _Ev:
     cat: str
     thread: tuple[Any, Any]
     args: dict[str, Any]
+    shapes: str | None = None  # recorded CPU ops: the JSON text of their shape fields (a cache key)
+
+
+_NO_ARGS: dict[str, Any] = {}  # shared by the events whose args the ingester reads from columns
 
 
 @dataclass(slots=True)
@@ -174,39 +193,30 @@ class _Op:
     gemm_k: int | None = None
 
 
-def _read_json(path: Path) -> Any:
+def _read_events(path: Path, keep_args: bool) -> tuple[pl.DataFrame, str | None, Any]:
+    """The events of a Kineto file as columns (`tracesim._core.read_kineto_json`), its
+    `displayTimeUnit` and its `distributedInfo`. Times are exact integers: `ts_us`/`dur_us` are
+    the values × 1000 (µs → ns), `ts_ns`/`dur_ns` the values as written (rounded half-even)."""
     raw = _load(path)
-    try:
-        # Floats as text: a microsecond timestamp of 1.7e15 loses its nanoseconds in a float64.
-        return json.loads(raw, parse_float=str)
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise TraceError(f"{path}: not valid JSON: {e}") from None
+    batch, unit, dist = read_kineto_json(raw, str(path), keep_args)
+    del raw
+    df = pl.DataFrame(batch)
+    del batch
+    info = None
+    if dist is not None:
+        info = json.loads(dist, parse_float=str)
+    return df, unit, info
 
 
-def _num_ns(v: Any, scale: int) -> int | None:
-    if isinstance(v, bool) or v is None:
-        return None
-    if isinstance(v, int):
-        return v * scale
-    if isinstance(v, str):
-        try:
-            return int((Decimal(v) * scale).to_integral_value())
-        except ArithmeticError:
-            return None
-    if isinstance(v, float):
-        return round(v * scale)
-    return None
-
-
-def _time_unit(data: dict[str, Any], events: list[dict[str, Any]], override: TimeUnit) -> str:
+def _time_unit(display: str | None, events: pl.DataFrame, override: TimeUnit) -> str:
     if override != "auto":
         return override
-    if data.get("displayTimeUnit") != "ns":
+    if display != "ns":
         return "us"
     # Kineto writes microseconds with decimals even when it displays nanoseconds.
-    for e in events:
-        if e.get("ph") == "X" and (isinstance(e.get("ts"), str) or isinstance(e.get("dur"), str)):
-            return "us"
+    x = events.filter(pl.col("ph") == "X")
+    if x.select((pl.col("ts_text") | pl.col("dur_text")).any()).item():
+        return "us"
     return "ns"
 
 
@@ -249,22 +259,42 @@ def _comm_meta(args: dict[str, Any]) -> dict[str, Any] | None:
     return args
 
 
+def _args(text: str | None) -> dict[str, Any]:
+    if text is None:
+        return {}
+    v = json.loads(text, parse_float=str)
+    return v if isinstance(v, dict) else {}
+
+
+def _interned(s: pl.Series) -> list[Any]:
+    """The values of a string column without nulls, equal strings as one object."""
+    arr = pc.dictionary_encode(s.to_arrow().cast(pa.large_string()))
+    if isinstance(arr, pa.ChunkedArray):
+        arr = arr.combine_chunks()
+    words = arr.dictionary.to_pylist()
+    return list(map(words.__getitem__, arr.indices.to_pylist()))
+
+
+def _is_nccl_expr(name: pl.Expr, lc: pl.Expr) -> pl.Expr:
+    return (
+        name.str.starts_with("ncclKernel")
+        | name.str.starts_with("ncclDevKernel")
+        | lc.str.contains("nccl", literal=True)
+    )
+
+
 class _File:
-    """One Kineto file, parsed into events; times in absolute ns."""
+    """One Kineto file, read into columns (`read_kineto_json`) and split by class: only the
+    events the ingester maps (GPU ops, runtime calls, recorded CPU ops, record_param_comms,
+    ProfilerSteps, flows) become `_Ev`s; the others are counted by class. Times in absolute ns."""
 
     def __init__(
         self, path: Path, order: int, time_unit: TimeUnit, report: IngestReport, keep_cpu: bool = False
     ) -> None:
-        data = _read_json(path)
-        if isinstance(data, list):
-            data = {"traceEvents": data}
-        if not isinstance(data, dict) or not isinstance(data.get("traceEvents"), list):
-            raise TraceError(f"{path}: not a Chrome trace (no 'traceEvents' list)")
         self.path = path
-        events: list[dict[str, Any]] = [e for e in data["traceEvents"] if isinstance(e, dict)]
-        self.unit = _time_unit(data, events, time_unit)
-        scale = 1000 if self.unit == "us" else 1
-        dist = data.get("distributedInfo")
+        df, display, dist = _read_events(path, keep_cpu)
+        self.unit = _time_unit(display, df, time_unit)
+        sfx = "us" if self.unit == "us" else "ns"
         dist = dist if isinstance(dist, dict) else {}
         rank = dist.get("rank")
         self.source_rank: int = rank if isinstance(rank, int) and not isinstance(rank, bool) else order
@@ -283,71 +313,166 @@ class _File:
         self.cpu_ops: list[_Ev] = []  # CPU operators with recorded shapes, for costs
         self.cpu_all: list[_Ev] = []  # every CPU operator and annotation (only with keep_cpu)
         self.steps: list[tuple[int, int, int]] = []  # (start, end, N)
-        self.flows: dict[Any, dict[str, tuple[Any, Any, int]]] = defaultdict(dict)
         self.unmapped: Counter[str] = Counter()
-        for e in events:
-            ph = e.get("ph")
-            cat = str(e.get("cat", ""))
-            name = str(e.get("name", ""))
-            if ph in FLOW_PHASES:
-                ts = _num_ns(e.get("ts"), scale)
-                if ts is not None and "id" in e:
-                    self.flows[(cat, e["id"])][str(ph)] = (e.get("pid"), e.get("tid"), ts)
-                self.unmapped[f"flow event ({cat or 'no cat'})"] += 1
-                continue
-            if ph != "X":
-                self.unmapped[
-                    "metadata event (ph M)" if ph == "M" else f"ph {ph} event ({cat or 'no cat'})"
-                ] += 1
-                continue
-            ts = _num_ns(e.get("ts"), scale)
-            dur = _num_ns(e.get("dur", 0), scale)
-            if ts is None or dur is None:
-                self.unmapped[f"{cat or 'no cat'} (no ts/dur)"] += 1
-                continue
-            dur = max(dur, 0)
-            args = e.get("args")
-            ev = _Ev(
-                ts, ts + dur, name, cat, (e.get("pid"), e.get("tid")), args if isinstance(args, dict) else {}
-            )
-            lc = cat.lower()
-            if (
-                lc in GPU_KERNEL_CATS
-                or lc in GPU_MEMORY_CATS
-                or (_is_nccl(name, lc) and lc not in RUNTIME_CATS)
-            ):
-                self.gpu.append(ev)
-            elif lc in RUNTIME_CATS:
-                self.runtime.append(ev)
+
+        ph, cat, name = pl.col("ph"), pl.col("cat"), pl.col("name")
+        ts, dur = pl.col(f"ts_{sfx}"), pl.col(f"dur_{sfx}")
+        lc = cat.str.to_lowercase()
+        # One class column per stage (expressions reused across stages are evaluated once).
+        df = df.with_columns(
+            ts.alias("ts"),
+            dur.clip(lower_bound=0).alias("dur"),
+            lc.alias("lc"),
+            (ph == "X").alias("is_x"),
+            ph.is_in(list(FLOW_PHASES)).alias("is_flow"),
+            name.str.extract(r"^ProfilerStep#(\d+)$", 1).alias("step_n"),
+        )
+        lc, is_x, is_flow = pl.col("lc"), pl.col("is_x"), pl.col("is_flow")
+        ts, dur = pl.col("ts"), pl.col("dur")
+        timed = is_x & ts.is_not_null() & dur.is_not_null()
+        gpu_cats = [*GPU_KERNEL_CATS, *GPU_MEMORY_CATS]
+        rt_cats = list(RUNTIME_CATS)
+        is_gpu = timed & (lc.is_in(gpu_cats) | (_is_nccl_expr(name, lc) & ~lc.is_in(rt_cats)))
+        is_rt = timed & ~is_gpu & lc.is_in(rt_cats)
+        df = df.with_columns(timed.alias("timed"), is_gpu.alias("is_gpu"), is_rt.alias("is_rt"))
+        timed, is_gpu, is_rt = pl.col("timed"), pl.col("is_gpu"), pl.col("is_rt")
+        other = timed & ~is_gpu & ~is_rt
+        is_step = other & pl.col("step_n").is_not_null() & ~lc.str.starts_with("gpu_")
+        is_comms = other & ~is_step & (name == "record_param_comms")
+        is_cpu_op = lc.is_in(list(CPU_OP_CATS))
+        keep_all = other & pl.lit(keep_cpu) & (is_cpu_op | (lc == "user_annotation"))
+        df = df.with_columns(
+            other.alias("other"),
+            is_step.alias("is_step"),
+            is_comms.alias("is_comms"),
+            keep_all.alias("keep_all"),
+        )
+        other, is_step, is_comms = pl.col("other"), pl.col("is_step"), pl.col("is_comms")
+        is_recorded = other & ~is_step & ~is_comms & is_cpu_op & pl.col("has_dims")
+        df = df.with_columns(
+            pl.when(is_gpu)
+            .then(pl.lit(1, dtype=pl.Int8))
+            .when(is_rt)
+            .then(pl.lit(2, dtype=pl.Int8))
+            .when(is_comms)
+            .then(pl.lit(3, dtype=pl.Int8))
+            .when(is_recorded)
+            .then(pl.lit(4, dtype=pl.Int8))
+            .when(is_step)
+            .then(pl.lit(5, dtype=pl.Int8))
+            .when(is_flow & ts.is_not_null() & pl.col("id").is_not_null())
+            .then(pl.lit(6, dtype=pl.Int8))
+            .otherwise(pl.lit(0, dtype=pl.Int8))
+            .alias("kind"),
+        )
+        # Events not mapped, counted by class (in order of first appearance, as the report lists
+        # ties): grouped on the few columns the class depends on, then named per group.
+        keys = ["ph", "cat", "is_flow", "is_x", "timed", "is_step", "is_comms"]
+        counts = (
+            df.select(*keys, mapped=is_gpu | is_rt)
+            .filter(~pl.col("mapped"))
+            .group_by(keys, maintain_order=True)
+            .len()
+        )
+        for g_ph, g_cat, g_flow, g_x, g_timed, g_step, g_comms, n in counts.iter_rows():
+            c_or = g_cat or "no cat"
+            if g_flow:
+                key = f"flow event ({c_or})"
+            elif not g_x:
+                key = "metadata event (ph M)" if g_ph == "M" else f"ph {g_ph} event ({c_or})"
+            elif not g_timed:
+                key = f"{c_or} (no ts/dur)"
+            elif g_step:
+                key = f"{g_cat} ProfilerStep (→ iteration column)"
+            elif g_comms:
+                key = f"{g_cat} record_param_comms (→ collective metadata)"
             else:
-                if keep_cpu and (lc in CPU_OP_CATS or lc == "user_annotation"):
-                    self.cpu_all.append(ev)
-                m = STEP_RE.match(name)
-                if m and not lc.startswith("gpu_"):
-                    self.steps.append((ev.ts, ev.end, int(m.group(1))))
-                    self.unmapped[f"{cat} ProfilerStep (→ iteration column)"] += 1
-                    continue
-                if name == "record_param_comms":
-                    self.comms_ops.append(ev)
-                    self.unmapped[f"{cat} record_param_comms (→ collective metadata)"] += 1
-                    continue
-                if lc in CPU_OP_CATS and ("Input Dims" in ev.args or "Input dims" in ev.args):
-                    self.cpu_ops.append(ev)
-                self.unmapped[cat or "no cat"] += 1
+                key = c_or
+            self.unmapped[key] += n
+
+        df = df.select(
+            "kind", "keep_all", "ts", "dur", "name", "cat", "pid", "tid", "ph", "id",
+            "correlation", "stream", "bytes", "args", "shapes", "step_n",
+        ).filter((pl.col("kind") > 0) | pl.col("keep_all"))  # fmt: skip
+
+        threads: dict[tuple[str, str], tuple[str, str]] = {}
+
+        def evs(sub: pl.DataFrame, args: list[dict[str, Any]] | None = None) -> list[_Ev]:
+            # Names, categories and threads repeat: one Python object per distinct value.
+            names, cats, pids, tids = (_interned(sub[c]) for c in ("name", "cat", "pid", "tid"))
+            thread = [threads.setdefault(t, t) for t in zip(pids, tids, strict=True)]
+            del pids, tids
+            if args is None:
+                args = [_args(a) for a in sub["args"].to_list()]
+            return [
+                _Ev(t, t + d, n, c, th, a)
+                for t, d, n, c, th, a in zip(
+                    sub["ts"].to_list(), sub["dur"].to_list(), names, cats, thread, args, strict=True
+                )
+            ]
+
+        kind = pl.col("kind")
+        # GPU ops and runtime calls: the args they use as lists beside them; `args` itself only
+        # for NCCL kernels with collective metadata (others share one empty dict).
+        gpu = df.filter(kind == 1)
+        self.gpu = evs(gpu, [_args(a) if a is not None else _NO_ARGS for a in gpu["args"].to_list()])
+        self.gpu_corr: list[str | None] = gpu["correlation"].to_list()
+        self.gpu_stream: list[str] = gpu.select(pl.coalesce("stream", "tid"))["stream"].to_list()
+        self.gpu_bytes: list[int | None] = gpu["bytes"].to_list()
+        del gpu
+        rt = df.filter(kind == 2)
+        self.runtime = evs(rt, [_NO_ARGS] * rt.height)
+        self.rt_corr: list[str | None] = rt["correlation"].to_list()
+        del rt
+        self.comms_ops = evs(df.filter(kind == 3))
+        rec = df.filter(kind == 4)
+        if keep_cpu:
+            self.cpu_ops = evs(rec)
+        else:
+            # Recorded CPU ops: only their shape fields, one dict per distinct shapes.
+            by_shape: dict[str, dict[str, Any]] = {}
+            shapes = rec["shapes"].to_list()
+            for sh in shapes:
+                if sh not in by_shape:
+                    by_shape[sh] = _args(sh)
+            self.cpu_ops = evs(rec, [by_shape[sh] for sh in shapes])
+            for ev, sh in zip(self.cpu_ops, shapes, strict=True):
+                ev.shapes = sh
+        del rec
+        steps = df.filter(kind == 5)
+        for t, d, n in zip(*(steps[c].to_list() for c in ("ts", "dur", "step_n")), strict=True):
+            self.steps.append((t, t + d, int(n)))
+        if keep_cpu:
+            # Every CPU op and annotation, in file order (recorded ops and ProfilerSteps included).
+            self.cpu_all = evs(df.filter(pl.col("keep_all")))
+            by_key = {(e.ts, e.end, e.name, e.thread): e for e in (*self.comms_ops, *self.cpu_ops)}
+            self.cpu_all = [by_key.get((e.ts, e.end, e.name, e.thread), e) for e in self.cpu_all]
+        self._flow_events = df.filter(kind == 6).select("cat", "id", "ph", "pid", "tid", "ts")
+        self._flows: dict[Any, dict[str, tuple[Any, Any, int]]] | None = None
         self.steps.sort()
+
+    @property
+    def flows(self) -> dict[Any, dict[str, tuple[Any, Any, int]]]:
+        """(cat, id) → {phase: (pid, tid, ts)} of the flow events, built on first use."""
+        if self._flows is None:
+            self._flows = defaultdict(dict)
+            fl = self._flow_events
+            for c, i, p, pid, tid, t in zip(
+                *(fl[k].to_list() for k in ("cat", "id", "ph", "pid", "tid", "ts")), strict=True
+            ):
+                self._flows[(c, i)][p] = (pid, tid, t)
+        return self._flows
 
 
 def _launchers(f: _File) -> dict[int, int]:
     """GPU op index → runtime event index, by correlation id, else by flow events."""
     by_corr: dict[Any, int] = {}
-    for i, ev in enumerate(f.runtime):
-        c = ev.args.get("correlation")
+    for i, c in enumerate(f.rt_corr):
         if c is not None:
             by_corr[c] = i
     out: dict[int, int] = {}
     missing: list[int] = []
-    for j, ev in enumerate(f.gpu):
-        c = ev.args.get("correlation")
+    for j, c in enumerate(f.gpu_corr):
         if c is not None and c in by_corr:
             out[j] = by_corr[c]
         else:
@@ -443,6 +568,20 @@ def ingest_kineto(paths: Sequence[str | Path], *, time_unit: TimeUnit = "auto") 
 def _ingest_kineto(
     paths: Sequence[str | Path], time_unit: TimeUnit, hook: _Hook | None
 ) -> tuple[Trace, IngestReport]:
+    # The ingest makes millions of small acyclic objects (freed by reference counting); the cyclic
+    # collector's passes over them cost a third of the time, so it is paused meanwhile.
+    paused = gc.isenabled()
+    gc.disable()
+    try:
+        return _ingest(paths, time_unit, hook)
+    finally:
+        if paused:
+            gc.enable()
+
+
+def _ingest(
+    paths: Sequence[str | Path], time_unit: TimeUnit, hook: _Hook | None
+) -> tuple[Trace, IngestReport]:
     if not paths:
         raise TraceError("ingest kineto: no input files")
     report = IngestReport()
@@ -482,7 +621,7 @@ def _ingest_kineto(
         launched: dict[int, list[int]] = defaultdict(list)
         for j, i in launcher.items():
             launched[i].append(j)
-        gpu_streams = sorted({str(ev.args.get("stream", ev.thread[1])) for ev in f.gpu}, key=_natural)
+        gpu_streams = sorted(set(f.gpu_stream), key=_natural)
         gstream = {s: k for k, s in enumerate(gpu_streams)}
         threads = sorted(
             {ev.thread for ev in f.runtime}, key=lambda t: (_natural(str(t[0])), _natural(str(t[1])))
@@ -500,7 +639,7 @@ def _ingest_kineto(
         gpu_ops: list[_Op] = []
         for j, ev in enumerate(f.gpu):
             lc = ev.cat.lower()
-            stream = gstream[str(ev.args.get("stream", ev.thread[1]))]
+            stream = gstream[f.gpu_stream[j]]
             li = launcher.get(j)
             when = f.runtime[li].ts if li is not None else ev.ts
             it = _step_of(f.steps, step_starts, when)
@@ -541,12 +680,15 @@ def _ingest_kineto(
                     "compute",
                     ev.ts,
                     ev.end - ev.ts,
-                    category=_category(ev.name),
+                    category=_kernel_category(ev.name),
                     iteration=it,
                 )
             gpu_ops.append(op)
 
         _assign_costs(f, launcher, gpu_ops, report)
+        if hook is None:  # the CPU ops have given their metadata and costs
+            f.cpu_ops, f.comms_ops = [], []
+            comm_by_thread.clear()
 
         # GPU ops of this rank by end time, for blocking calls.
         by_end = sorted(range(len(f.gpu)), key=lambda j: f.gpu[j].end)
@@ -580,7 +722,11 @@ def _ingest_kineto(
                 t = max(ev.end, s)
                 if s > cursor:
                     new_op(rank, stream, "cpu_gap", "host", cursor, s - cursor)
-                own = sorted(launched.get(i, []) + children.get(i, []))
+                own = launched.get(i, _NO_GPU_OPS)
+                if i in children:
+                    own = sorted(own + children[i])
+                elif len(own) > 1:
+                    own = sorted(own)
                 blocking = "Synchronize" in ev.name or ev.name in BLOCKING_CALLS
                 prev_end = s
                 launch_op: _Op | None = None
@@ -639,6 +785,10 @@ def _ingest_kineto(
             hook.link(rank, f, launcher, gpu_ops)
         report.inferred_stream_deps += _infer_stream_waits(gpu_ops, ops)
         report.iterations.extend(n for _, _, n in f.steps)
+        if hook is None:  # this rank's events are no longer needed: free them before the next
+            f.gpu, f.runtime, f.comms_ops, f.cpu_ops = [], [], [], []
+            f.gpu_corr, f.gpu_stream, f.gpu_bytes, f.rt_corr = [], [], [], []
+            del gpu_ops, launcher, launched
 
     groups_by_id = _match_collectives(ops, files, rank_of, report)
     report.iterations = sorted(set(report.iterations))
@@ -681,6 +831,15 @@ def _infer_stream_waits(gpu_ops: list[_Op], ops: list[_Op]) -> int:
     return added
 
 
+_NO_GPU_OPS: list[int] = []
+
+
+@lru_cache(maxsize=65536)
+def _kernel_category(name: str) -> str:
+    """`_category`, once per kernel name (a trace repeats a few thousand names)."""
+    return _category(name)
+
+
 def _natural(s: str) -> tuple[int, int | str]:
     return (0, int(s)) if s.lstrip("-").isdigit() else (1, s)
 
@@ -721,38 +880,78 @@ def _match_collectives(
 
 
 def _build(ops: list[_Op], files: list[_File], groups_by_id: dict[int, tuple[str, list[int]]]) -> Trace:
-    order = sorted(ops, key=lambda o: (o.start, o.rank, o.stream, o.key))
-    op_id = {o.key: k for k, o in enumerate(order)}
-    coll = [o.kind == "collective" for o in order]
-    table = _ops_table(
+    """The validated trace of the ops; empties `ops` (its objects are not needed once in the table)."""
+    consumed = ops
+    # Ops sorted by (start, rank, stream, key) into op_id order with numpy (an op's key is its
+    # index in `ops`); deps map keys to op_ids through the inverse order.
+    n = len(ops)
+    start = np.fromiter(map(attrgetter("start"), ops), np.int64, n)
+    rank = np.fromiter(map(attrgetter("rank"), ops), np.int64, n)
+    stream = np.fromiter(map(attrgetter("stream"), ops), np.int64, n)
+    order = np.lexsort((np.arange(n), stream, rank, start))
+    op_id = np.empty(n, np.int64)
+    op_id[order] = np.arange(n)
+    start, rank, stream = start[order], rank[order], stream[order]
+    ops = list(map(ops.__getitem__, order.tolist()))
+    del order
+
+    def col(attr: str) -> list[Any]:
+        return list(map(attrgetter(attr), ops))
+
+    dep_lists = col("deps")
+    offsets = np.zeros(n + 1, np.int64)
+    np.cumsum(np.fromiter(map(len, dep_lists), np.int64, n), out=offsets[1:])
+    flat = np.fromiter(chain.from_iterable(dep_lists), np.int64, int(offsets[-1]))
+    del dep_lists
+    deps = pa.LargeListArray.from_arrays(pa.array(offsets), pa.array(op_id[flat]))
+    deps = deps.cast(OP_COLUMN_TYPES["deps"])
+    coll = pa.array(np.fromiter((o.kind == "collective" for o in ops), np.bool_, n))
+    category = pa.array(col("category"), OP_COLUMN_TYPES["category"])
+    typed = _ops_table(
         {
-            "op_id": list(range(len(order))),
-            "rank": [o.rank for o in order],
-            "stream": [o.stream for o in order],
-            "name": [o.name for o in order],
-            "kind": [o.kind for o in order],
-            "category": [o.category for o in order],
-            "dtype": [
-                o.dtype if c or o.category != "communication" else None
-                for o, c in zip(order, coll, strict=True)
-            ],
-            "duration_ns": [o.dur for o in order],
-            "start_ns": [o.start for o in order],
-            "deps": [[op_id[d] for d in o.deps] for o in order],
-            "coll": [o.coll if c else None for o, c in zip(order, coll, strict=True)],
-            "group_id": [o.group_id if c else None for o, c in zip(order, coll, strict=True)],
-            "coll_seq": [o.coll_seq if c else None for o, c in zip(order, coll, strict=True)],
-            "comm_bytes": [o.comm_bytes if c else None for o, c in zip(order, coll, strict=True)],
-            "iteration": [o.iteration for o in order],
-            "flops": [o.flops for o in order],
-            "bytes_read": [o.bytes_read for o in order],
-            "bytes_written": [o.bytes_written for o in order],
-            "gemm_m": [o.gemm_m for o in order],
-            "gemm_n": [o.gemm_n for o in order],
-            "gemm_k": [o.gemm_k for o in order],
+            "kind": col("kind"),
+            "dtype": col("dtype"),
+            "coll": col("coll"),
+            "group_id": col("group_id"),
+            "coll_seq": col("coll_seq"),
+            "comm_bytes": col("comm_bytes"),
         }
     )
-    used = sorted({o.group_id for o, c in zip(order, coll, strict=True) if c and o.group_id is not None})
+
+    def if_coll(name: str, mask: pa.Array = coll) -> pa.Array:
+        c = typed.column(name).combine_chunks()
+        return pc.if_else(mask, c, pa.nulls(n, c.type))
+
+    # A communication op's dtype is kept only when it became a collective.
+    keep_dtype = pc.or_(coll, pc.fill_null(pc.not_equal(category, "communication"), True))
+    table = pa.table(
+        {
+            "op_id": pa.array(np.arange(n), OP_COLUMN_TYPES["op_id"]),
+            "rank": pa.array(rank, OP_COLUMN_TYPES["rank"]),
+            "stream": pa.array(stream, OP_COLUMN_TYPES["stream"]),
+            "name": pa.array(col("name"), OP_COLUMN_TYPES["name"]),
+            "kind": typed.column("kind").combine_chunks(),
+            "category": category,
+            "dtype": if_coll("dtype", keep_dtype),
+            "duration_ns": pa.array(col("dur"), OP_COLUMN_TYPES["duration_ns"]),
+            "start_ns": pa.array(start, OP_COLUMN_TYPES["start_ns"]),
+            "deps": deps,
+            "coll": if_coll("coll"),
+            "group_id": if_coll("group_id"),
+            "coll_seq": if_coll("coll_seq"),
+            "comm_bytes": if_coll("comm_bytes"),
+            "iteration": pa.array(col("iteration"), OP_COLUMN_TYPES["iteration"]),
+            "flops": pa.array(col("flops"), OP_COLUMN_TYPES["flops"]),
+            "bytes_read": pa.array(col("bytes_read"), OP_COLUMN_TYPES["bytes_read"]),
+            "bytes_written": pa.array(col("bytes_written"), OP_COLUMN_TYPES["bytes_written"]),
+            "gemm_m": pa.array(col("gemm_m"), OP_COLUMN_TYPES["gemm_m"]),
+            "gemm_n": pa.array(col("gemm_n"), OP_COLUMN_TYPES["gemm_n"]),
+            "gemm_k": pa.array(col("gemm_k"), OP_COLUMN_TYPES["gemm_k"]),
+        }
+    )
+    used = sorted({o.group_id for o in ops if o.kind == "collective" and o.group_id is not None})
+    ops = []
+    consumed.clear()  # the op objects are in the table now: free them before it is validated
     return _to_trace(
         table,
         used,
@@ -1230,7 +1429,7 @@ def _assign_costs(f: _File, launcher: dict[int, int], gpu_ops: list[_Op], report
             miss["NCCL kernel (timed by the network model)"] += 1
             continue
         if op.kind == "memory":
-            nbytes = _as_int(ev.args.get("bytes"))
+            nbytes = f.gpu_bytes[j]
             low = ev.name.lower()
             if nbytes is None or nbytes <= 0:
                 miss["copy/memset without a byte count"] += 1
@@ -1252,17 +1451,33 @@ def _assign_costs(f: _File, launcher: dict[int, int], gpu_ops: list[_Op], report
             miss["no enclosing CPU op with recorded shapes"] += 1
             continue
         groups[k].append(j)
+    # Ops of one name and the same recorded shapes cost the same (convolutions also read their
+    # enclosing op, so they are not shared).
+    memo: dict[tuple[str, str], _Cost | str] = {}
+    heavy_name: dict[str, bool] = {}
     for k, js in groups.items():
-        cost = _op_cost(cpu, k)
+        ev = cpu[k].ev
+        key = None
+        if ev.shapes is not None and ev.name not in CONV_FWD_OPS and "convolution_backward" not in ev.name:
+            key = (ev.name, ev.shapes)
+        hit = memo.get(key) if key is not None else None
+        cost = hit if hit is not None else _op_cost(cpu, k)
+        if key is not None and hit is None:
+            memo[key] = cost
         if isinstance(cost, str):
             miss[cost] += len(js)
             report.uncosted_ops[cpu[k].ev.name] += len(js)
             continue
         targets = js
         if cost.heavy:
-            heavy = [
-                j for j in js if HEAVY_RE.search(f.gpu[j].name) and not NOT_HEAVY_RE.search(f.gpu[j].name)
-            ]
+            heavy = []
+            for j in js:
+                name = f.gpu[j].name
+                h = heavy_name.get(name)
+                if h is None:
+                    h = heavy_name[name] = bool(HEAVY_RE.search(name)) and not NOT_HEAVY_RE.search(name)
+                if h:
+                    heavy.append(j)
             if heavy:
                 targets = heavy
                 miss["extra kernel of a GEMM/conv/attention op (cost on its main kernel)"] += len(js) - len(

@@ -1,0 +1,83 @@
+"""Ingest speed and peak memory of `tracesim ingest kineto` (issue #5: >= 50 MB/s of JSON, peak
+memory below twice the JSON size).
+
+Each file is ingested once in a fresh process (after `import tracesim`, so imports are not
+timed), with `ingest_kineto([file])` as the CLI calls it. Printed per file: the JSON size
+(uncompressed), the ingest time and rate, the process's peak RSS and that peak less the RSS
+before the ingest (interpreter, polars and the extension), each over the JSON size.
+
+    python benches/ingest_speed.py                       # the 4 largest real traces
+    python benches/ingest_speed.py FILE.json[.gz] ...     # e.g. benches/gen_kineto.py output
+"""
+
+from __future__ import annotations
+
+import gzip
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+LARGEST = [
+    "hta/tests/data/df_index_resolver/df_index_resolver.json.gz",
+    "hta/tests/data/trace_diff/control/control.json.gz",
+    "hta/tests/data/trace_diff/test/test.json.gz",
+    "hta/tests/data/negative_queue_length_values_check/rank0.json.gz",
+]
+
+CHILD = r"""
+import json, resource, sys, time
+import tracesim
+from tracesim.ingest import ingest_kineto
+
+def rss():
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) * 1024
+    return 0
+
+before = rss()
+t0 = time.perf_counter()
+trace, report = ingest_kineto([sys.argv[1]])
+dt = time.perf_counter() - t0
+peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+print(json.dumps({"s": dt, "peak": peak, "before": before, "ops": trace.ops.num_rows}))
+"""
+
+
+def json_size(path: Path) -> int:
+    with path.open("rb") as f:
+        gz = f.read(2) == b"\x1f\x8b"
+    if not gz:
+        return path.stat().st_size
+    n = 0
+    with gzip.open(path, "rb") as f:
+        while chunk := f.read(1 << 24):
+            n += len(chunk)
+    return n
+
+
+def main(argv: list[str]) -> None:
+    paths = [Path(a) for a in argv] or [DATA / p for p in LARGEST]
+    head = f"{'file':<48} {'JSON MB':>8} {'ops':>9} {'s':>7} {'MB/s':>6}"
+    print(f"{head} {'peak/JSON':>9} {'(peak-base)/JSON':>16}")
+    for p in paths:
+        size = json_size(p)
+        out = subprocess.run(
+            [sys.executable, "-c", CHILD, str(p)], capture_output=True, text=True, check=False
+        )
+        if out.returncode != 0:
+            print(f"{p.name[-48:]:<48} failed: {out.stderr.strip().splitlines()[-1:]}")
+            continue
+        r = json.loads(out.stdout.strip().splitlines()[-1])
+        mb = size / 1e6
+        print(
+            f"{p.name[-48:]:<48} {mb:8.1f} {r['ops']:9,} {r['s']:7.2f} {mb / r['s']:6.1f} "
+            f"{r['peak'] / size:9.2f} {(r['peak'] - r['before']) / size:16.2f}"
+        )
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])

@@ -1,0 +1,724 @@
+//! Columnar reader of Kineto (PyTorch profiler) Chrome-trace JSON.
+//!
+//! `traceEvents` is read in one pass with borrowed deserialisation into Arrow columns, so that
+//! the Python ingester (`tracesim.ingest.kineto`) keeps no per-event Python objects. Times are
+//! exact: the decimal text of `ts`/`dur` is scaled by 10^3 (µs → ns) and by 1 (already ns) into
+//! i64 with round-half-even, as Python's `Decimal(text) * scale` then `to_integral_value()`.
+//!
+//! Values that the ingester compares or prints are given in the form Python's `str()` gives a
+//! `json.loads` value (`"abc"` → `abc`, `null` → `None`, numbers as written), so both readers agree.
+
+use std::borrow::Cow;
+use std::fmt;
+use std::sync::Arc;
+
+use arrow_array::builder::{BooleanBuilder, Int64Builder, StringBuilder};
+use arrow_array::{ArrayRef, RecordBatch};
+use arrow_schema::{DataType, Field, Schema};
+use serde::de::{DeserializeSeed, Deserializer, IgnoredAny, MapAccess, SeqAccess, Visitor};
+use serde::Deserialize;
+use serde_json::value::RawValue;
+
+/// Malformed input; the message names the file and what is wrong.
+#[derive(Debug, thiserror::Error, PartialEq)]
+#[error("{0}")]
+pub struct KinetoJsonError(pub String);
+
+/// A parsed Kineto file: the events as columns and the top-level fields the ingester reads.
+#[derive(Debug)]
+pub struct KinetoColumns {
+    /// One row per `traceEvents` element that is a JSON object (see [`schema`]).
+    pub events: RecordBatch,
+    /// `displayTimeUnit`, when it is a string.
+    pub display_time_unit: Option<String>,
+    /// The JSON text of `distributedInfo`, when present.
+    pub distributed_info: Option<String>,
+}
+
+/// The columns of [`KinetoColumns::events`].
+///
+/// - `ph`, `name`, `cat`, `pid`, `tid`: `str()` of the value (`name`/`cat` default `""`,
+///   `ph`/`pid`/`tid` default `None`).
+/// - `ts_us`/`dur_us`: the value × 1000 (µs → ns); `ts_ns`/`dur_ns`: × 1, rounded half-even;
+///   null when not a number (or a string holding one); `dur` absent counts as 0.
+///   `ts_text`/`dur_text`: the value was written with a fraction/exponent or as a string.
+/// - `id`: the JSON text of `id` (flow events), null when absent.
+/// - `correlation`: JSON text of `args.correlation`, null when absent or null.
+/// - `stream`: `str()` of `args.stream`, null when absent.
+/// - `bytes`: `args.bytes` as an integer (truncated), null when absent or not a number.
+/// - `has_dims`: `args` has `Input Dims` or `Input dims`; `has_coll`: `args` has
+///   `Collective name`.
+/// - `shapes`: for events with dims, a JSON object of the `args` fields that give shapes
+///   (`Input Dims`/`Input dims`, `Input type`/`Input types`, `Concrete Inputs`): a key for
+///   events of equal shapes (their `args` differ in ids).
+/// - `args`: the JSON text of `args` when the ingester needs more of it: events with collective
+///   metadata, `record_param_comms`, or every event when asked (`keep_args`).
+pub fn schema() -> Schema {
+    let s = |n: &str, null: bool| Field::new(n, DataType::Utf8, null);
+    let i = |n: &str| Field::new(n, DataType::Int64, true);
+    let b = |n: &str| Field::new(n, DataType::Boolean, false);
+    Schema::new(vec![
+        s("ph", false),
+        s("name", false),
+        s("cat", false),
+        s("pid", false),
+        s("tid", false),
+        i("ts_us"),
+        i("ts_ns"),
+        b("ts_text"),
+        i("dur_us"),
+        i("dur_ns"),
+        b("dur_text"),
+        s("id", true),
+        s("correlation", true),
+        s("stream", true),
+        i("bytes"),
+        b("has_dims"),
+        b("has_coll"),
+        s("args", true),
+        s("shapes", true),
+    ])
+}
+
+/// Reads a Kineto trace's JSON text. `path` only names the file in errors.
+pub fn read_kineto(text: &[u8], path: &str, keep_args: bool) -> Result<KinetoColumns, KinetoJsonError> {
+    let text = std::str::from_utf8(text).map_err(|e| KinetoJsonError(format!("{path}: not valid JSON: {e}")))?;
+    let mut cols = Builders::new(keep_args);
+    let mut de = serde_json::Deserializer::from_str(text);
+    let top = TopSeed { cols: &mut cols }
+        .deserialize(&mut de)
+        .and_then(|t| de.end().map(|()| t))
+        .map_err(|e| KinetoJsonError(format!("{path}: not valid JSON: {e}")))?;
+    if let Some(e) = cols.error.take() {
+        return Err(KinetoJsonError(format!("{path}: {e}")));
+    }
+    if !top.has_events {
+        return Err(KinetoJsonError(format!(
+            "{path}: not a Chrome trace (no 'traceEvents' list)"
+        )));
+    }
+    let events = cols.finish().map_err(|e| KinetoJsonError(format!("{path}: {e}")))?;
+    Ok(KinetoColumns {
+        events,
+        display_time_unit: top.display_time_unit,
+        distributed_info: top.distributed_info,
+    })
+}
+
+// ---------------------------------------------------------------------------------------------
+// Decimal text → scaled integer.
+
+#[derive(Clone, Copy, PartialEq)]
+enum Round {
+    HalfEven,
+    Trunc,
+}
+
+/// `text` (a JSON number: `-?digits(.digits)?([eE][+-]?digits)?`) × 10^`pow10` as an i64, rounded;
+/// None when it is not such a number or does not fit.
+fn scaled(text: &str, pow10: i32, round: Round) -> Option<i64> {
+    let b = text.as_bytes();
+    let mut i = 0;
+    let neg = b.first() == Some(&b'-');
+    if neg || b.first() == Some(&b'+') {
+        i += 1;
+    }
+    let mut mant: i128 = 0;
+    let mut digits = 0usize;
+    let mut exp: i64 = 0;
+    let mut any = false;
+    while i < b.len() && b[i].is_ascii_digit() {
+        any = true;
+        if mant != 0 || b[i] != b'0' {
+            digits += 1;
+        }
+        if digits > 36 {
+            return None;
+        }
+        mant = mant * 10 + i128::from(b[i] - b'0');
+        i += 1;
+    }
+    if i < b.len() && b[i] == b'.' {
+        i += 1;
+        while i < b.len() && b[i].is_ascii_digit() {
+            any = true;
+            if mant != 0 || b[i] != b'0' {
+                digits += 1;
+            }
+            if digits > 36 {
+                return None;
+            }
+            mant = mant * 10 + i128::from(b[i] - b'0');
+            exp -= 1;
+            i += 1;
+        }
+    }
+    if !any {
+        return None;
+    }
+    if i < b.len() && (b[i] == b'e' || b[i] == b'E') {
+        i += 1;
+        let eneg = b.get(i) == Some(&b'-');
+        if eneg || b.get(i) == Some(&b'+') {
+            i += 1;
+        }
+        let mut e: i64 = 0;
+        let start = i;
+        while i < b.len() && b[i].is_ascii_digit() {
+            e = e.saturating_mul(10).saturating_add(i64::from(b[i] - b'0'));
+            i += 1;
+        }
+        if i == start {
+            return None;
+        }
+        exp = exp.saturating_add(if eneg { -e } else { e });
+    }
+    if i != b.len() {
+        return None;
+    }
+    let exp = exp.saturating_add(i64::from(pow10));
+    let v: i128 = if mant == 0 {
+        0
+    } else if exp >= 0 {
+        let mut v = mant;
+        for _ in 0..exp {
+            v = v.checked_mul(10)?;
+            if v > i128::from(i64::MAX) {
+                return None;
+            }
+        }
+        v
+    } else if exp < -38 {
+        0 // below half a unit
+    } else {
+        let d = 10i128.pow(u32::try_from(-exp).ok()?);
+        let (q, r) = (mant / d, mant % d);
+        match round {
+            Round::Trunc => q,
+            Round::HalfEven => {
+                if 2 * r > d || (2 * r == d && q % 2 == 1) {
+                    q + 1
+                } else {
+                    q
+                }
+            }
+        }
+    };
+    let v = if neg { -v } else { v };
+    i64::try_from(v).ok()
+}
+
+/// The string a JSON string token holds; None for other tokens.
+fn json_str(raw: &RawValue) -> Option<Cow<'_, str>> {
+    if raw.get().starts_with('"') {
+        serde_json::from_str::<Cow<'_, str>>(raw.get()).ok()
+    } else {
+        None
+    }
+}
+
+/// Python's `str()` of the `json.loads` value (numbers as written: floats are read as text).
+fn py_str(raw: &RawValue) -> Cow<'_, str> {
+    if let Some(s) = json_str(raw) {
+        return s;
+    }
+    match raw.get() {
+        "null" => Cow::Borrowed("None"),
+        "true" => Cow::Borrowed("True"),
+        "false" => Cow::Borrowed("False"),
+        t => Cow::Borrowed(t),
+    }
+}
+
+/// A time: (× 1000, × 1, written as text). Numbers and strings holding numbers; else None.
+fn time_of(raw: &RawValue) -> (Option<i64>, Option<i64>, bool) {
+    let (txt, is_text): (Cow<'_, str>, bool) = match json_str(raw) {
+        Some(s) => (Cow::Owned(s.trim().to_owned()), true),
+        None => {
+            let t = raw.get();
+            if t == "null" || t == "true" || t == "false" || t.starts_with(['[', '{']) {
+                return (None, None, false);
+            }
+            (Cow::Borrowed(t), t.contains(['.', 'e', 'E']))
+        }
+    };
+    (
+        scaled(&txt, 3, Round::HalfEven),
+        scaled(&txt, 0, Round::HalfEven),
+        is_text,
+    )
+}
+
+// ---------------------------------------------------------------------------------------------
+// Deserialisation.
+
+/// The fields of one event that the ingester reads, as raw JSON (a key given twice: the last).
+#[derive(Default)]
+struct Event<'a> {
+    ph: Option<&'a RawValue>,
+    name: Option<&'a RawValue>,
+    cat: Option<&'a RawValue>,
+    pid: Option<&'a RawValue>,
+    tid: Option<&'a RawValue>,
+    ts: Option<&'a RawValue>,
+    dur: Option<&'a RawValue>,
+    id: Option<&'a RawValue>,
+    args: Option<&'a RawValue>,
+}
+
+/// A `traceEvents` element: Some(event) for an object, None for anything else (skipped).
+struct Element<'a>(Option<Event<'a>>);
+
+impl<'de> Deserialize<'de> for Element<'de> {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        d.deserialize_any(ElementVisitor)
+    }
+}
+
+struct ElementVisitor;
+
+macro_rules! skip_scalar {
+    ($($f:ident: $t:ty),*) => {
+        $(fn $f<E: serde::de::Error>(self, _v: $t) -> Result<Self::Value, E> {
+            Ok(Element(None))
+        })*
+    };
+}
+
+impl<'de> Visitor<'de> for ElementVisitor {
+    type Value = Element<'de>;
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("a trace event")
+    }
+    skip_scalar!(visit_bool: bool, visit_i64: i64, visit_u64: u64, visit_f64: f64, visit_str: &str);
+    fn visit_unit<E: serde::de::Error>(self) -> Result<Self::Value, E> {
+        Ok(Element(None))
+    }
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
+        while seq.next_element::<IgnoredAny>()?.is_some() {}
+        Ok(Element(None))
+    }
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+        let mut ev = Event::default();
+        while let Some(key) = map.next_key::<Cow<'de, str>>()? {
+            let slot = match key.as_ref() {
+                "ph" => &mut ev.ph,
+                "name" => &mut ev.name,
+                "cat" => &mut ev.cat,
+                "pid" => &mut ev.pid,
+                "tid" => &mut ev.tid,
+                "ts" => &mut ev.ts,
+                "dur" => &mut ev.dur,
+                "id" => &mut ev.id,
+                "args" => &mut ev.args,
+                _ => {
+                    map.next_value::<IgnoredAny>()?;
+                    continue;
+                }
+            };
+            *slot = Some(map.next_value::<&'de RawValue>()?);
+        }
+        Ok(Element(Some(ev)))
+    }
+}
+
+/// The `args` fields the ingester reads, as raw JSON (a key given twice: the last).
+#[derive(Default)]
+struct Args<'a> {
+    correlation: Option<&'a RawValue>,
+    stream: Option<&'a RawValue>,
+    bytes: Option<&'a RawValue>,
+    dims: Option<&'a RawValue>,
+    dims_lower: Option<&'a RawValue>,
+    types: Option<&'a RawValue>,
+    types_plural: Option<&'a RawValue>,
+    concrete: Option<&'a RawValue>,
+    coll: Option<&'a RawValue>,
+}
+
+impl<'de> Deserialize<'de> for Args<'de> {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        d.deserialize_map(ArgsVisitor)
+    }
+}
+
+struct ArgsVisitor;
+
+impl<'de> Visitor<'de> for ArgsVisitor {
+    type Value = Args<'de>;
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("an args object")
+    }
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+        let mut a = Args::default();
+        while let Some(key) = map.next_key::<Cow<'de, str>>()? {
+            let slot = match key.as_ref() {
+                "correlation" => &mut a.correlation,
+                "stream" => &mut a.stream,
+                "bytes" => &mut a.bytes,
+                "Input Dims" => &mut a.dims,
+                "Input dims" => &mut a.dims_lower,
+                "Input type" => &mut a.types,
+                "Input types" => &mut a.types_plural,
+                "Concrete Inputs" => &mut a.concrete,
+                "Collective name" => &mut a.coll,
+                _ => {
+                    map.next_value::<IgnoredAny>()?;
+                    continue;
+                }
+            };
+            *slot = Some(map.next_value::<&'de RawValue>()?);
+        }
+        Ok(a)
+    }
+}
+
+/// The shape fields of `args` as a JSON object, keys in a fixed order.
+fn shapes_of(args: &Args<'_>) -> String {
+    let mut out = String::from("{");
+    let fields = [
+        ("Input Dims", args.dims),
+        ("Input dims", args.dims_lower),
+        ("Input type", args.types),
+        ("Input types", args.types_plural),
+        ("Concrete Inputs", args.concrete),
+    ];
+    for (key, v) in fields {
+        if let Some(v) = v {
+            if out.len() > 1 {
+                out.push_str(", ");
+            }
+            out.push('"');
+            out.push_str(key);
+            out.push_str("\": ");
+            out.push_str(v.get());
+        }
+    }
+    out.push('}');
+    out
+}
+
+struct Builders {
+    keep_args: bool,
+    ph: StringBuilder,
+    name: StringBuilder,
+    cat: StringBuilder,
+    pid: StringBuilder,
+    tid: StringBuilder,
+    ts_us: Int64Builder,
+    ts_ns: Int64Builder,
+    ts_text: BooleanBuilder,
+    dur_us: Int64Builder,
+    dur_ns: Int64Builder,
+    dur_text: BooleanBuilder,
+    id: StringBuilder,
+    correlation: StringBuilder,
+    stream: StringBuilder,
+    bytes: Int64Builder,
+    has_dims: BooleanBuilder,
+    has_coll: BooleanBuilder,
+    args: StringBuilder,
+    shapes: StringBuilder,
+    error: Option<String>,
+}
+
+impl Builders {
+    fn new(keep_args: bool) -> Self {
+        Builders {
+            keep_args,
+            ph: StringBuilder::new(),
+            name: StringBuilder::new(),
+            cat: StringBuilder::new(),
+            pid: StringBuilder::new(),
+            tid: StringBuilder::new(),
+            ts_us: Int64Builder::new(),
+            ts_ns: Int64Builder::new(),
+            ts_text: BooleanBuilder::new(),
+            dur_us: Int64Builder::new(),
+            dur_ns: Int64Builder::new(),
+            dur_text: BooleanBuilder::new(),
+            id: StringBuilder::new(),
+            correlation: StringBuilder::new(),
+            stream: StringBuilder::new(),
+            bytes: Int64Builder::new(),
+            has_dims: BooleanBuilder::new(),
+            has_coll: BooleanBuilder::new(),
+            args: StringBuilder::new(),
+            shapes: StringBuilder::new(),
+            error: None,
+        }
+    }
+
+    fn push(&mut self, ev: &Event<'_>, args: &Args<'_>) {
+        fn str_or<'v>(v: Option<&'v RawValue>, d: &'static str) -> Cow<'v, str> {
+            v.map_or(Cow::Borrowed(d), py_str)
+        }
+        let name = str_or(ev.name, "");
+        self.ph.append_value(str_or(ev.ph, "None"));
+        self.cat.append_value(str_or(ev.cat, ""));
+        self.pid.append_value(str_or(ev.pid, "None"));
+        self.tid.append_value(str_or(ev.tid, "None"));
+        let (us, ns, text) = ev.ts.map_or((None, None, false), time_of);
+        self.ts_us.append_option(us);
+        self.ts_ns.append_option(ns);
+        self.ts_text.append_value(text);
+        let (us, ns, text) = ev.dur.map_or((Some(0), Some(0), false), time_of);
+        self.dur_us.append_option(us);
+        self.dur_ns.append_option(ns);
+        self.dur_text.append_value(text);
+        self.id.append_option(ev.id.map(RawValue::get));
+        self.correlation
+            .append_option(args.correlation.map(RawValue::get).filter(|c| *c != "null"));
+        self.stream.append_option(args.stream.map(py_str));
+        self.bytes.append_option(args.bytes.and_then(|b| {
+            let t = match json_str(b) {
+                Some(s) => Cow::Owned(s.trim().to_owned()),
+                None => Cow::Borrowed(b.get()),
+            };
+            scaled(&t, 0, Round::Trunc)
+        }));
+        let dims = args.dims.is_some() || args.dims_lower.is_some();
+        self.has_dims.append_value(dims);
+        self.has_coll.append_value(args.coll.is_some());
+        let want = self.keep_args || args.coll.is_some() || name == "record_param_comms";
+        self.args
+            .append_option(ev.args.filter(|a| want && a.get().starts_with('{')).map(RawValue::get));
+        self.shapes.append_option(dims.then(|| shapes_of(args)));
+        self.name.append_value(name);
+    }
+
+    fn finish(mut self) -> Result<RecordBatch, arrow_schema::ArrowError> {
+        let cols: Vec<ArrayRef> = vec![
+            Arc::new(self.ph.finish()),
+            Arc::new(self.name.finish()),
+            Arc::new(self.cat.finish()),
+            Arc::new(self.pid.finish()),
+            Arc::new(self.tid.finish()),
+            Arc::new(self.ts_us.finish()),
+            Arc::new(self.ts_ns.finish()),
+            Arc::new(self.ts_text.finish()),
+            Arc::new(self.dur_us.finish()),
+            Arc::new(self.dur_ns.finish()),
+            Arc::new(self.dur_text.finish()),
+            Arc::new(self.id.finish()),
+            Arc::new(self.correlation.finish()),
+            Arc::new(self.stream.finish()),
+            Arc::new(self.bytes.finish()),
+            Arc::new(self.has_dims.finish()),
+            Arc::new(self.has_coll.finish()),
+            Arc::new(self.args.finish()),
+            Arc::new(self.shapes.finish()),
+        ];
+        RecordBatch::try_new(Arc::new(schema()), cols)
+    }
+}
+
+#[derive(Default)]
+struct Top {
+    has_events: bool,
+    display_time_unit: Option<String>,
+    distributed_info: Option<String>,
+}
+
+struct TopSeed<'c> {
+    cols: &'c mut Builders,
+}
+
+impl<'de> DeserializeSeed<'de> for TopSeed<'_> {
+    type Value = Top;
+    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<Top, D::Error> {
+        d.deserialize_any(self)
+    }
+}
+
+macro_rules! not_a_trace {
+    ($($f:ident: $t:ty),*) => {
+        $(fn $f<E: serde::de::Error>(self, _v: $t) -> Result<Self::Value, E> {
+            Ok(Self::Value::default())
+        })*
+    };
+}
+
+impl<'de> Visitor<'de> for TopSeed<'_> {
+    type Value = Top;
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("a Chrome trace object or event list")
+    }
+    not_a_trace!(visit_bool: bool, visit_i64: i64, visit_u64: u64, visit_f64: f64, visit_str: &str);
+    fn visit_unit<E: serde::de::Error>(self) -> Result<Top, E> {
+        Ok(Top::default())
+    }
+    fn visit_seq<A: SeqAccess<'de>>(self, seq: A) -> Result<Top, A::Error> {
+        EventsSeed { cols: self.cols }.visit_seq(seq)?;
+        Ok(Top {
+            has_events: true,
+            ..Top::default()
+        })
+    }
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Top, A::Error> {
+        let mut top = Top::default();
+        while let Some(key) = map.next_key::<Cow<'de, str>>()? {
+            match key.as_ref() {
+                "traceEvents" => {
+                    top.has_events |= map.next_value_seed(EventsSeed { cols: &mut *self.cols })?;
+                }
+                "displayTimeUnit" => {
+                    let v: &'de RawValue = map.next_value()?;
+                    top.display_time_unit = json_str(v).map(Cow::into_owned);
+                }
+                "distributedInfo" => {
+                    let v: &'de RawValue = map.next_value()?;
+                    top.distributed_info = Some(v.get().to_owned());
+                }
+                _ => {
+                    map.next_value::<IgnoredAny>()?;
+                }
+            }
+        }
+        Ok(top)
+    }
+}
+
+/// `traceEvents`: true when it is a list (its object elements become rows).
+struct EventsSeed<'c> {
+    cols: &'c mut Builders,
+}
+
+impl<'de> DeserializeSeed<'de> for EventsSeed<'_> {
+    type Value = bool;
+    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<bool, D::Error> {
+        d.deserialize_any(self)
+    }
+}
+
+impl<'de> Visitor<'de> for EventsSeed<'_> {
+    type Value = bool;
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("a list of trace events")
+    }
+    not_a_trace!(visit_bool: bool, visit_i64: i64, visit_u64: u64, visit_f64: f64, visit_str: &str);
+    fn visit_unit<E: serde::de::Error>(self) -> Result<bool, E> {
+        Ok(false)
+    }
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<bool, A::Error> {
+        while map.next_entry::<IgnoredAny, IgnoredAny>()?.is_some() {}
+        Ok(false)
+    }
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<bool, A::Error> {
+        let mut n = 0usize;
+        while let Some(Element(ev)) = seq.next_element::<Element<'de>>()? {
+            n += 1;
+            let Some(ev) = ev else { continue };
+            if self.cols.error.is_some() {
+                continue;
+            }
+            let args = match ev.args.filter(|a| a.get().starts_with('{')) {
+                Some(a) => serde_json::from_str::<Args<'de>>(a.get()),
+                None => Ok(Args::default()),
+            };
+            match args {
+                Ok(args) => self.cols.push(&ev, &args),
+                Err(e) => {
+                    self.cols.error = Some(format!("traceEvents[{}].args: {e}", n - 1));
+                }
+            }
+        }
+        Ok(true)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use arrow_array::{Array, BooleanArray, Int64Array, StringArray};
+
+    fn col<'b, T: 'static>(b: &'b RecordBatch, n: &str) -> &'b T {
+        b.column_by_name(n)
+            .and_then(|c| c.as_any().downcast_ref::<T>())
+            .expect("column")
+    }
+
+    #[test]
+    fn decimals_are_exact() {
+        assert_eq!(
+            scaled("1700000000123456.789", 3, Round::HalfEven),
+            Some(1_700_000_000_123_456_789)
+        );
+        assert_eq!(scaled("0.0005", 3, Round::HalfEven), Some(0));
+        assert_eq!(scaled("0.0015", 3, Round::HalfEven), Some(2));
+        assert_eq!(scaled("-2.5", 0, Round::HalfEven), Some(-2));
+        assert_eq!(scaled("1.5e3", 0, Round::HalfEven), Some(1500));
+        assert_eq!(scaled("12.9", 0, Round::Trunc), Some(12));
+        assert_eq!(scaled("-12.9", 0, Round::Trunc), Some(-12));
+        assert_eq!(scaled("1e400", 0, Round::HalfEven), None);
+        assert_eq!(scaled("1e-400", 0, Round::HalfEven), Some(0));
+        assert_eq!(scaled("abc", 3, Round::HalfEven), None);
+        assert_eq!(scaled("", 3, Round::HalfEven), None);
+        assert_eq!(scaled("1.", 3, Round::HalfEven), Some(1000));
+    }
+
+    #[test]
+    fn reads_events_into_columns() {
+        let text = br#"{"displayTimeUnit": "ns", "distributedInfo": {"rank": 3},
+          "traceEvents": [
+            {"ph": "X", "cat": "kernel", "name": "k\"1", "pid": 0, "tid": "stream 7",
+             "ts": 1700000000123456.789, "dur": 2, "args": {"correlation": 5, "stream": 7}},
+            {"ph": "X", "cat": "cpu_op", "name": "aten::mm", "pid": 1, "tid": 2, "ts": "10",
+             "args": {"Input Dims": [[2, 3]], "bytes": "12.5"}},
+            {"ph": "f", "id": "x", "ts": null, "name": null},
+            3, "text"
+          ], "other": [1, 2]}"#;
+        let out = read_kineto(text, "f.json", false).expect("reads");
+        assert_eq!(out.display_time_unit.as_deref(), Some("ns"));
+        assert_eq!(out.distributed_info.as_deref(), Some(r#"{"rank": 3}"#));
+        let b = &out.events;
+        assert_eq!(b.num_rows(), 3);
+        let name = col::<StringArray>(b, "name");
+        assert_eq!(name.value(0), "k\"1");
+        assert_eq!(name.value(2), "None");
+        assert_eq!(col::<StringArray>(b, "tid").value(0), "stream 7");
+        assert_eq!(col::<StringArray>(b, "ph").value(1), "X");
+        let ts = col::<Int64Array>(b, "ts_us");
+        assert_eq!(ts.value(0), 1_700_000_000_123_456_789);
+        assert_eq!(ts.value(1), 10_000);
+        assert!(ts.is_null(2));
+        assert!(col::<BooleanArray>(b, "ts_text").value(0));
+        assert!(col::<BooleanArray>(b, "ts_text").value(1));
+        let dur = col::<Int64Array>(b, "dur_ns");
+        assert_eq!((dur.value(0), dur.value(1)), (2, 0));
+        assert_eq!(col::<StringArray>(b, "correlation").value(0), "5");
+        assert_eq!(col::<StringArray>(b, "stream").value(0), "7");
+        assert!(col::<StringArray>(b, "stream").is_null(1));
+        assert_eq!(col::<Int64Array>(b, "bytes").value(1), 12);
+        assert!(col::<BooleanArray>(b, "has_dims").value(1));
+        let args = col::<StringArray>(b, "args");
+        assert!(args.is_null(0));
+        assert!(args.is_null(1)); // its shapes are enough
+        let kept = read_kineto(text, "f.json", true).expect("reads");
+        let kept_args = col::<StringArray>(&kept.events, "args");
+        assert!(kept_args.value(1).contains("Input Dims"));
+        let shapes = col::<StringArray>(b, "shapes");
+        assert_eq!(shapes.value(1), r#"{"Input Dims": [[2, 3]]}"#);
+        assert!(shapes.is_null(0));
+        assert_eq!(col::<StringArray>(b, "id").value(2), r#""x""#);
+    }
+
+    #[test]
+    fn top_level_list_and_errors() {
+        let out = read_kineto(br#"[{"ph": "X"}]"#, "a.json", true).expect("reads");
+        assert_eq!(out.events.num_rows(), 1);
+        let e = read_kineto(br#"{"traceEvents": {}}"#, "b.json", false).unwrap_err();
+        assert!(e.0.contains("b.json: not a Chrome trace"), "{e}");
+        let e = read_kineto(br#"{"other": 1}"#, "c.json", false).unwrap_err();
+        assert!(e.0.contains("no 'traceEvents'"), "{e}");
+        let e = read_kineto(br#"{"traceEvents": [{"ph": "X",}]}"#, "d.json", false).unwrap_err();
+        assert!(e.0.starts_with("d.json: not valid JSON"), "{e}");
+        let e = read_kineto(b"{\"traceEvents\": [\xff]}", "e.json", false).unwrap_err();
+        assert!(e.0.starts_with("e.json: not valid JSON"), "{e}");
+        let out = read_kineto(br#"{"traceEvents": [{"ph": 1, "ph": "X"}]}"#, "g.json", false)
+            .expect("a key given twice: the last");
+        assert_eq!(col::<StringArray>(&out.events, "ph").value(0), "X");
+        let e = read_kineto(br#"{"traceEvents": []} x"#, "h.json", false).unwrap_err();
+        assert!(e.0.contains("h.json"), "{e}");
+    }
+}
