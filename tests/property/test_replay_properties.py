@@ -128,3 +128,18 @@ def test_identity_replay_of_a_consistent_schedule(trace: tracesim.Trace) -> None
     ).cast({"op_id": pl.UInt64})
     assert tl.select("op_id", "start_ns", "end_ns").equals(expected)
     assert pc.max(measured.ops.column("start_ns")).as_py() <= result.summary["end_ns"]
+
+
+@SETTINGS
+@given(traces())
+def test_flow_level_network_never_beats_analytical(trace: tracesim.Trace) -> None:
+    """Sharing links can only slow transfers down: with the same algorithms, every collective
+    and message takes at least its α-β time in the flow-level model, so the makespan does too
+    (up to the nanosecond each rendezvous rounds to)."""
+    h100 = tracesim.load_system("dgx-h100", nodes=1 if trace.ranks <= 8 else None)
+    network = h100.network.model_copy(update={"nccl": None, "algorithm": "ring"})
+    system = h100.model_copy(update={"network": network})
+    analytical = tracesim.simulate(trace, system, compute_model="roofline", network="analytical")
+    flow = tracesim.simulate(trace, system, compute_model="roofline", network="flow")
+    rendezvous = pc.sum(pc.is_in(trace.ops.column("kind"), pa.array(["collective", "send"]))).as_py() or 0
+    assert flow.makespan_ns >= analytical.makespan_ns - rendezvous
