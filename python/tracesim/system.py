@@ -579,6 +579,15 @@ def load_system(
         raise SystemConfigError(_describe(e, where)) from None
 
 
+def load_nmc_unit(name: str) -> NmcUnit:
+    """A near-memory compute unit preset (presets/nmc/NAME.toml)."""
+    raw, where = _preset("nmc", name)
+    try:
+        return NmcUnit.model_validate({**raw, "unit": name})
+    except ValidationError as e:
+        raise SystemConfigError(_describe(e, f"preset {where}")) from None
+
+
 def load_device(name: str) -> Device:
     raw, where = _preset("devices", name)
     try:

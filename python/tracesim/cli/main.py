@@ -14,7 +14,7 @@ from rich.table import Table
 
 from tracesim.exceptions import TracesimError
 from tracesim.simulate import ComputeModelName, NetworkModelName, Result, simulate
-from tracesim.system import load_device, load_link, load_system, load_tier, preset_names
+from tracesim.system import load_device, load_link, load_nmc_unit, load_system, load_tier, preset_names
 from tracesim.trace import Trace, read_trace, write_trace
 
 app = typer.Typer(
@@ -97,7 +97,8 @@ def demo(
 
 @app.command()
 def systems() -> None:
-    """List the shipped presets: systems, devices, memory tiers and link technologies."""
+    """List the shipped presets: systems, devices, memory tiers, link technologies and
+    near-memory compute units."""
     table = Table("system", "device", "per node", "scale-up GB/s", "scale-out GB/s", title="systems")
     for name in preset_names("systems"):
         s = load_system(name)
@@ -145,6 +146,20 @@ def systems() -> None:
             f"{k.serdes_latency_ns:g} + {k.propagation_ns_per_m:g}/m",
         )
     console.print(links)
+    units = Table(
+        "nmc unit", "tier", "fp16 TFLOP/s", "internal TB/s", "link GB/s", title="near-memory compute units"
+    )
+    for name in preset_names("nmc"):
+        u = load_nmc_unit(name)
+        fp16 = u.peak_flops.get("fp16")
+        units.add_row(
+            name,
+            u.tier,
+            "-" if fp16 is None else f"{fp16 / 1e12:g}",
+            f"{u.internal_bw_bytes / 1e12:g}",
+            f"{u.link_bw_bytes / 1e9:g}",
+        )
+    console.print(units)
 
 
 @app.command()
