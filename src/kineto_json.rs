@@ -12,7 +12,7 @@ use std::borrow::Cow;
 use std::fmt;
 use std::sync::Arc;
 
-use arrow_array::builder::{BooleanBuilder, Int64Builder, StringBuilder};
+use arrow_array::builder::{BooleanBuilder, Int64Builder, StringBuilder, StringViewBuilder};
 use arrow_array::{ArrayRef, RecordBatch};
 use arrow_schema::{DataType, Field, Schema};
 use serde::de::{DeserializeSeed, Deserializer, IgnoredAny, MapAccess, SeqAccess, Visitor};
@@ -37,6 +37,11 @@ pub struct KinetoColumns {
 
 /// The columns of [`KinetoColumns::events`].
 ///
+/// The strings of every event are Utf8View (Python's polars takes them without a copy), each
+/// distinct value held once; those of some events only (`id`, `correlation`, `stream`, `args`)
+/// are Utf8 (4 bytes an event rather than 16 while the JSON text is still in memory), and
+/// `shapes` is a Utf8View of distinct values.
+///
 /// - `ph`, `name`, `cat`, `pid`, `tid`: `str()` of the value (`name`/`cat` default `""`,
 ///   `ph`/`pid`/`tid` default `None`).
 /// - `ts_us`/`dur_us`: the value × 1000 (µs → ns); `ts_ns`/`dur_ns`: × 1, rounded half-even;
@@ -54,7 +59,8 @@ pub struct KinetoColumns {
 /// - `args`: the JSON text of `args` when the ingester needs more of it: events with collective
 ///   metadata, `record_param_comms`, or every event when asked (`keep_args`).
 pub fn schema() -> Schema {
-    let s = |n: &str, null: bool| Field::new(n, DataType::Utf8, null);
+    let s = |n: &str, null: bool| Field::new(n, DataType::Utf8View, null);
+    let u = |n: &str| Field::new(n, DataType::Utf8, true);
     let i = |n: &str| Field::new(n, DataType::Int64, true);
     let b = |n: &str| Field::new(n, DataType::Boolean, false);
     Schema::new(vec![
@@ -69,13 +75,13 @@ pub fn schema() -> Schema {
         i("dur_us"),
         i("dur_ns"),
         b("dur_text"),
-        s("id", true),
-        s("correlation", true),
-        s("stream", true),
+        u("id"),
+        u("correlation"),
+        u("stream"),
         i("bytes"),
         b("has_dims"),
         b("has_coll"),
-        s("args", true),
+        u("args"),
         s("shapes", true),
     ])
 }
@@ -400,11 +406,11 @@ fn shapes_of(args: &Args<'_>) -> String {
 
 struct Builders {
     keep_args: bool,
-    ph: StringBuilder,
-    name: StringBuilder,
-    cat: StringBuilder,
-    pid: StringBuilder,
-    tid: StringBuilder,
+    ph: StringViewBuilder,
+    name: StringViewBuilder,
+    cat: StringViewBuilder,
+    pid: StringViewBuilder,
+    tid: StringViewBuilder,
     ts_us: Int64Builder,
     ts_ns: Int64Builder,
     ts_text: BooleanBuilder,
@@ -418,7 +424,7 @@ struct Builders {
     has_dims: BooleanBuilder,
     has_coll: BooleanBuilder,
     args: StringBuilder,
-    shapes: StringBuilder,
+    shapes: StringViewBuilder,
     error: Option<String>,
 }
 
@@ -426,11 +432,11 @@ impl Builders {
     fn new(keep_args: bool) -> Self {
         Builders {
             keep_args,
-            ph: StringBuilder::new(),
-            name: StringBuilder::new(),
-            cat: StringBuilder::new(),
-            pid: StringBuilder::new(),
-            tid: StringBuilder::new(),
+            ph: StringViewBuilder::new().with_deduplicate_strings(),
+            name: StringViewBuilder::new().with_deduplicate_strings(),
+            cat: StringViewBuilder::new().with_deduplicate_strings(),
+            pid: StringViewBuilder::new().with_deduplicate_strings(),
+            tid: StringViewBuilder::new().with_deduplicate_strings(),
             ts_us: Int64Builder::new(),
             ts_ns: Int64Builder::new(),
             ts_text: BooleanBuilder::new(),
@@ -444,7 +450,7 @@ impl Builders {
             has_dims: BooleanBuilder::new(),
             has_coll: BooleanBuilder::new(),
             args: StringBuilder::new(),
-            shapes: StringBuilder::new(),
+            shapes: StringViewBuilder::new().with_deduplicate_strings(),
             error: None,
         }
     }
@@ -630,7 +636,7 @@ impl<'de> Visitor<'de> for EventsSeed<'_> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use arrow_array::{Array, BooleanArray, Int64Array, StringArray};
+    use arrow_array::{Array, BooleanArray, Int64Array, StringArray, StringViewArray};
 
     fn col<'b, T: 'static>(b: &'b RecordBatch, n: &str) -> &'b T {
         b.column_by_name(n)
@@ -673,11 +679,11 @@ mod tests {
         assert_eq!(out.distributed_info.as_deref(), Some(r#"{"rank": 3}"#));
         let b = &out.events;
         assert_eq!(b.num_rows(), 3);
-        let name = col::<StringArray>(b, "name");
+        let name = col::<StringViewArray>(b, "name");
         assert_eq!(name.value(0), "k\"1");
         assert_eq!(name.value(2), "None");
-        assert_eq!(col::<StringArray>(b, "tid").value(0), "stream 7");
-        assert_eq!(col::<StringArray>(b, "ph").value(1), "X");
+        assert_eq!(col::<StringViewArray>(b, "tid").value(0), "stream 7");
+        assert_eq!(col::<StringViewArray>(b, "ph").value(1), "X");
         let ts = col::<Int64Array>(b, "ts_us");
         assert_eq!(ts.value(0), 1_700_000_000_123_456_789);
         assert_eq!(ts.value(1), 10_000);
@@ -697,7 +703,7 @@ mod tests {
         let kept = read_kineto(text, "f.json", true).expect("reads");
         let kept_args = col::<StringArray>(&kept.events, "args");
         assert!(kept_args.value(1).contains("Input Dims"));
-        let shapes = col::<StringArray>(b, "shapes");
+        let shapes = col::<StringViewArray>(b, "shapes");
         assert_eq!(shapes.value(1), r#"{"Input Dims": [[2, 3]]}"#);
         assert!(shapes.is_null(0));
         assert_eq!(col::<StringArray>(b, "id").value(2), r#""x""#);
@@ -717,7 +723,7 @@ mod tests {
         assert!(e.0.starts_with("e.json: not valid JSON"), "{e}");
         let out = read_kineto(br#"{"traceEvents": [{"ph": 1, "ph": "X"}]}"#, "g.json", false)
             .expect("a key given twice: the last");
-        assert_eq!(col::<StringArray>(&out.events, "ph").value(0), "X");
+        assert_eq!(col::<StringViewArray>(&out.events, "ph").value(0), "X");
         let e = read_kineto(br#"{"traceEvents": []} x"#, "h.json", false).unwrap_err();
         assert!(e.0.contains("h.json"), "{e}");
     }

@@ -45,6 +45,7 @@ import bisect
 import gc
 import json
 import re
+from array import array
 from collections import Counter, defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -73,7 +74,6 @@ from tracesim.ingest._common import (
     _counter_lines,
     _load,
     _match_by_seq,
-    _ops_table,
     _problem_lines,
     _to_trace,
 )
@@ -193,19 +193,48 @@ class _Op:
     gemm_k: int | None = None
 
 
-def _read_events(path: Path, keep_args: bool) -> tuple[pl.DataFrame, str | None, Any]:
-    """The events of a Kineto file as columns (`tracesim._core.read_kineto_json`), its
-    `displayTimeUnit` and its `distributedInfo`. Times are exact integers: `ts_us`/`dur_us` are
-    the values × 1000 (µs → ns), `ts_ns`/`dur_ns` the values as written (rounded half-even)."""
+class _OpCols:
+    """Every op's fixed fields, column-wise and indexed by op key (start relative to the trace's
+    first event; `gpu`: index of the op's `_Op` in the GPU op list, -1 for host ops). Host ops exist
+    only here: they are most of the ops and need nothing else (`dep`: their one dep's key, or -1)."""
+
+    def __init__(self) -> None:
+        self.start = array("q")
+        self.dur = array("q")
+        self.rank = array("q")
+        self.stream = array("q")
+        self.gpu = array("q")
+        self.dep = array("q")
+        self.name: list[str] = []
+        self.hosts = 0
+
+    def __len__(self) -> int:
+        return len(self.name)
+
+    def end(self, key: int) -> int:
+        return self.start[key] + self.dur[key]
+
+
+# Columns of some events only, read by the classes that have them: kept as the reader's arrays
+# beside the polars frame (which would hold 16 bytes an event of each) and taken per class.
+_SIDE = ("correlation", "stream", "args")
+
+
+def _read_events(path: Path, keep_args: bool) -> tuple[pl.DataFrame, dict[str, pa.Array], str | None, Any]:
+    """The events of a Kineto file as columns (`tracesim._core.read_kineto_json`; the `_SIDE`
+    ones apart), its `displayTimeUnit` and its `distributedInfo`. Times are exact integers:
+    `ts_us`/`dur_us` are the values × 1000 (µs → ns), `ts_ns`/`dur_ns` the values as written
+    (rounded half-even)."""
     raw = _load(path)
     batch, unit, dist = read_kineto_json(raw, str(path), keep_args)
     del raw
-    df = pl.DataFrame(batch)
+    side = {c: batch.column(c) for c in _SIDE}
+    df = pl.DataFrame(batch.drop_columns(list(_SIDE)))
     del batch
     info = None
     if dist is not None:
         info = json.loads(dist, parse_float=str)
-    return df, unit, info
+    return df, side, unit, info
 
 
 def _time_unit(display: str | None, events: pl.DataFrame, override: TimeUnit) -> str:
@@ -268,11 +297,38 @@ def _args(text: str | None) -> dict[str, Any]:
 
 def _interned(s: pl.Series) -> list[Any]:
     """The values of a string column without nulls, equal strings as one object."""
-    arr = pc.dictionary_encode(s.to_arrow().cast(pa.large_string()))
+    arr = s.to_arrow()
+    if not pa.types.is_dictionary(arr.type):
+        arr = pc.dictionary_encode(arr.cast(pa.large_string()))
     if isinstance(arr, pa.ChunkedArray):
         arr = arr.combine_chunks()
     words = arr.dictionary.to_pylist()
     return list(map(words.__getitem__, arr.indices.to_pylist()))
+
+
+def _part(df: pl.DataFrame, side: dict[str, pa.Array], cond: pl.Expr, *cols: str) -> pl.DataFrame:
+    """The rows of `df` where `cond` holds, with only `cols` (the others are not copied). Strings
+    are copied into buffers of their own: a filtered string column would otherwise keep all of
+    the column it came from (its views and the reader's buffers) alive."""
+    own = [
+        (pl.col(c).cast(pl.Categorical) if c in _REPEATED else pl.concat_str(c, pl.lit("")).alias(c))
+        if df.schema[c] == pl.String
+        else pl.col(c)
+        for c in cols
+        if c not in side
+    ]
+    out = df.lazy().filter(cond).select(own).collect()
+    if any(c in side for c in cols):
+        mask = df.select(cond).to_series().to_arrow()
+        for c in cols:
+            if c in side:
+                v = pl.Series(c, pc.filter(side[c], mask))
+                out = out.with_columns(v.cast(pl.Categorical) if c in _REPEATED else v)
+    return out
+
+
+# String columns with few distinct values: categorical in the per-class frames (each value once).
+_REPEATED = {"ph", "name", "cat", "pid", "tid", "stream", "shapes"}
 
 
 def _is_nccl_expr(name: pl.Expr, lc: pl.Expr) -> pl.Expr:
@@ -292,7 +348,7 @@ class _File:
         self, path: Path, order: int, time_unit: TimeUnit, report: IngestReport, keep_cpu: bool = False
     ) -> None:
         self.path = path
-        df, display, dist = _read_events(path, keep_cpu)
+        df, side, display, dist = _read_events(path, keep_cpu)
         self.unit = _time_unit(display, df, time_unit)
         sfx = "us" if self.unit == "us" else "ns"
         dist = dist if isinstance(dist, dict) else {}
@@ -389,12 +445,18 @@ class _File:
             else:
                 key = c_or
             self.unmapped[key] += n
+        del counts  # its keys are views into the reader's columns: it would keep them all alive
 
+        # Only the columns used from here on (the class columns and raw times are freed); each
+        # class is then copied out on its own with only its columns (`_part`), and the whole
+        # columns are freed before the Python objects are made.
         df = df.select(
             "kind", "keep_all", "ts", "dur", "name", "cat", "pid", "tid", "ph", "id",
-            "correlation", "stream", "bytes", "args", "shapes", "step_n",
-        ).filter((pl.col("kind") > 0) | pl.col("keep_all"))  # fmt: skip
+            "bytes", "shapes", "step_n",
+        )  # fmt: skip
+        kind = pl.col("kind")
 
+        ev_cols = ("ts", "dur", "name", "cat", "pid", "tid")
         threads: dict[tuple[str, str], tuple[str, str]] = {}
 
         def evs(sub: pl.DataFrame, args: list[dict[str, Any]] | None = None) -> list[_Ev]:
@@ -411,43 +473,62 @@ class _File:
                 )
             ]
 
-        kind = pl.col("kind")
+        rt = _part(df, side, kind == 2, *ev_cols, "correlation")
+        gpu = _part(df, side, kind == 1, *ev_cols, "args", "correlation", "stream", "bytes")
+        comms = _part(df, side, kind == 3, *ev_cols, "args")
+        rec = _part(df, side, kind == 4, *ev_cols, "args" if keep_cpu else "shapes")
+        steps = _part(df, side, kind == 5, "ts", "dur", "step_n")
+        cpu_all = _part(df, side, pl.col("keep_all"), *ev_cols, "args") if keep_cpu else None
+        self._flow_events = _part(df, side, kind == 6, "cat", "id", "ph", "pid", "tid", "ts")
+        del df, side
+
         # GPU ops and runtime calls: the args they use as lists beside them; `args` itself only
-        # for NCCL kernels with collective metadata (others share one empty dict).
-        gpu = df.filter(kind == 1)
+        # for NCCL kernels with collective metadata (others share one empty dict). Launches are
+        # matched to GPU ops by correlation id here (the last call of an id wins).
+        by_corr = (
+            rt.select("correlation")
+            .with_row_index("i")
+            .filter(pl.col("correlation").is_not_null())
+            .group_by("correlation")
+            .agg(pl.col("i").last())
+        )
+        self.runtime = evs(rt, [_NO_ARGS] * rt.height)
+        del rt
+        self.gpu_launch: list[int | None] = (
+            gpu.select("correlation")
+            .join(by_corr, on="correlation", how="left", maintain_order="left")["i"]
+            .to_list()
+        )
+        del by_corr
         self.gpu = evs(gpu, [_args(a) if a is not None else _NO_ARGS for a in gpu["args"].to_list()])
-        self.gpu_corr: list[str | None] = gpu["correlation"].to_list()
-        self.gpu_stream: list[str] = gpu.select(pl.coalesce("stream", "tid"))["stream"].to_list()
+        self.gpu_stream: list[str] = _interned(gpu.select(pl.coalesce("stream", "tid"))["stream"])
         self.gpu_bytes: list[int | None] = gpu["bytes"].to_list()
         del gpu
-        rt = df.filter(kind == 2)
-        self.runtime = evs(rt, [_NO_ARGS] * rt.height)
-        self.rt_corr: list[str | None] = rt["correlation"].to_list()
-        del rt
-        self.comms_ops = evs(df.filter(kind == 3))
-        rec = df.filter(kind == 4)
+        self.comms_ops = evs(comms)
+        del comms
         if keep_cpu:
             self.cpu_ops = evs(rec)
         else:
             # Recorded CPU ops: only their shape fields, one dict per distinct shapes.
             by_shape: dict[str, dict[str, Any]] = {}
-            shapes = rec["shapes"].to_list()
+            shapes = _interned(rec["shapes"])
             for sh in shapes:
                 if sh not in by_shape:
                     by_shape[sh] = _args(sh)
             self.cpu_ops = evs(rec, [by_shape[sh] for sh in shapes])
             for ev, sh in zip(self.cpu_ops, shapes, strict=True):
                 ev.shapes = sh
+            del shapes
         del rec
-        steps = df.filter(kind == 5)
         for t, d, n in zip(*(steps[c].to_list() for c in ("ts", "dur", "step_n")), strict=True):
             self.steps.append((t, t + d, int(n)))
-        if keep_cpu:
+        del steps
+        if cpu_all is not None:
             # Every CPU op and annotation, in file order (recorded ops and ProfilerSteps included).
-            self.cpu_all = evs(df.filter(pl.col("keep_all")))
+            self.cpu_all = evs(cpu_all)
+            del cpu_all
             by_key = {(e.ts, e.end, e.name, e.thread): e for e in (*self.comms_ops, *self.cpu_ops)}
             self.cpu_all = [by_key.get((e.ts, e.end, e.name, e.thread), e) for e in self.cpu_all]
-        self._flow_events = df.filter(kind == 6).select("cat", "id", "ph", "pid", "tid", "ts")
         self._flows: dict[Any, dict[str, tuple[Any, Any, int]]] | None = None
         self.steps.sort()
 
@@ -466,15 +547,11 @@ class _File:
 
 def _launchers(f: _File) -> dict[int, int]:
     """GPU op index → runtime event index, by correlation id, else by flow events."""
-    by_corr: dict[Any, int] = {}
-    for i, c in enumerate(f.rt_corr):
-        if c is not None:
-            by_corr[c] = i
     out: dict[int, int] = {}
     missing: list[int] = []
-    for j, c in enumerate(f.gpu_corr):
-        if c is not None and c in by_corr:
-            out[j] = by_corr[c]
+    for j, i in enumerate(f.gpu_launch):
+        if i is not None:
+            out[j] = i
         else:
             missing.append(j)
     if missing and f.flows:
@@ -601,17 +678,43 @@ def _ingest(
     report.time_units = [f.unit for f in files]
     if hook is not None:
         hook.begin(files)
-    all_starts = [ev.ts for f in files for ev in (*f.gpu, *f.runtime)]
-    if not all_starts:
+    if not any(f.gpu or f.runtime for f in files):
         raise TraceError(f"{files[0].path}: no GPU kernels, copies or runtime calls to ingest")
-    base = min(all_starts)
+    base = min(ev.ts for f in files for ev in chain(f.gpu, f.runtime))
 
-    ops: list[_Op] = []
+    ops: list[_Op] = []  # the GPU ops (of all ranks)
+    cols = _OpCols()  # every op (GPU and host), by key
+    labels: dict[tuple[str, str], str] = {}  # (call name, suffix) → host op name, one object each
 
     def new_op(rank: int, stream: int, name: str, kind: str, start: int, dur: int, **kw: Any) -> _Op:
-        op = _Op(len(ops), rank, stream, name, kind, start - base, max(dur, 0), **kw)
+        op = _Op(len(cols), rank, stream, name, kind, start - base, max(dur, 0), **kw)
+        cols.start.append(op.start)
+        cols.dur.append(op.dur)
+        cols.rank.append(rank)
+        cols.stream.append(stream)
+        cols.gpu.append(len(ops))
+        cols.dep.append(-1)
+        cols.name.append(name)
         ops.append(op)
         return op
+
+    def new_host(rank: int, stream: int, name: str, start: int, dur: int, dep: int = -1) -> int:
+        key = len(cols)
+        cols.start.append(start - base)
+        cols.dur.append(max(dur, 0))
+        cols.rank.append(rank)
+        cols.stream.append(stream)
+        cols.gpu.append(-1)
+        cols.dep.append(dep)
+        cols.name.append(name)
+        cols.hosts += 1
+        return key
+
+    def label(name: str, suffix: str) -> str:
+        v = labels.get((name, suffix))
+        if v is None:
+            v = labels[(name, suffix)] = f"{name} {suffix}"
+        return v
 
     for rank, f in enumerate(files):
         report.unmapped.update(f.unmapped)
@@ -721,7 +824,7 @@ def _ingest(
                 s = max(ev.ts, cursor)
                 t = max(ev.end, s)
                 if s > cursor:
-                    new_op(rank, stream, "cpu_gap", "host", cursor, s - cursor)
+                    new_host(rank, stream, "cpu_gap", cursor, s - cursor)
                 own = launched.get(i, _NO_GPU_OPS)
                 if i in children:
                     own = sorted(own + children[i])
@@ -729,13 +832,13 @@ def _ingest(
                     own = sorted(own)
                 blocking = "Synchronize" in ev.name or ev.name in BLOCKING_CALLS
                 prev_end = s
-                launch_op: _Op | None = None
+                launch_op: int | None = None
                 if own:
                     g = min(f.gpu[j].ts for j in own)
                     p = min(t, max(s, g))
-                    launch_op = new_op(rank, stream, ev.name, "host", s, p - s)
+                    launch_op = new_host(rank, stream, ev.name, s, p - s)
                     for j in own:
-                        gpu_ops[j].deps.append(launch_op.key)
+                        gpu_ops[j].deps.append(launch_op)
                         report.launch_deps += 1
                     prev_end = p
                 wait: int | None = None
@@ -752,20 +855,19 @@ def _ingest(
                 if wait is not None:
                     w_end = f.gpu[wait].end
                     start = max(w_end, prev_end)
-                    new_op(
+                    new_host(
                         rank,
                         stream,
-                        ev.name if launch_op is None else f"{ev.name} [wait]",
-                        "host",
+                        ev.name if launch_op is None else label(ev.name, "[wait]"),
                         start,
                         t - start,
-                        deps=[gpu_ops[wait].key],
+                        gpu_ops[wait].key,
                     )
                     report.sync_deps += 1
                 elif launch_op is None:
-                    new_op(rank, stream, ev.name, "host", s, t - s)
+                    new_host(rank, stream, ev.name, s, t - s)
                 elif prev_end < t:
-                    new_op(rank, stream, f"{ev.name} [after launch]", "host", prev_end, t - prev_end)
+                    new_host(rank, stream, label(ev.name, "[after launch]"), prev_end, t - prev_end)
                 cursor = t
         # GPU ops whose launch is not in the trace (CPU side outside the profiled window or on an
         # untraced thread): released at their measured start by a marker on a host stream of their own.
@@ -776,25 +878,26 @@ def _ingest(
             for j in orphans:
                 ts = f.gpu[j].ts
                 if ts > cursor:
-                    new_op(rank, stream, "cpu_gap", "host", cursor, ts - cursor)
+                    new_host(rank, stream, "cpu_gap", cursor, ts - cursor)
                     cursor = ts
-                marker = new_op(rank, stream, "launch not in trace", "host", cursor, 0)
-                gpu_ops[j].deps.append(marker.key)
+                gpu_ops[j].deps.append(new_host(rank, stream, "launch not in trace", cursor, 0))
             report.orphan_gpu_ops += len(orphans)
         if hook is not None:
             hook.link(rank, f, launcher, gpu_ops)
-        report.inferred_stream_deps += _infer_stream_waits(gpu_ops, ops)
+        report.inferred_stream_deps += _infer_stream_waits(gpu_ops, cols)
         report.iterations.extend(n for _, _, n in f.steps)
         if hook is None:  # this rank's events are no longer needed: free them before the next
             f.gpu, f.runtime, f.comms_ops, f.cpu_ops = [], [], [], []
-            f.gpu_corr, f.gpu_stream, f.gpu_bytes, f.rt_corr = [], [], [], []
+            f.gpu_launch, f.gpu_stream, f.gpu_bytes = [], [], []
             del gpu_ops, launcher, launched
 
     groups_by_id = _match_collectives(ops, files, rank_of, report)
     report.iterations = sorted(set(report.iterations))
     for op in ops:
         report.ops_by_kind[op.kind] += 1
-    trace = _build(ops, files, groups_by_id)
+    if cols.hosts:
+        report.ops_by_kind["host"] += cols.hosts
+    trace = _build(ops, cols, files, groups_by_id)
     return trace, report
 
 
@@ -802,7 +905,7 @@ STREAM_WAIT_WINDOW_NS = 20_000
 STREAM_WAIT_SLACK_NS = 1_000
 
 
-def _infer_stream_waits(gpu_ops: list[_Op], ops: list[_Op]) -> int:
+def _infer_stream_waits(gpu_ops: list[_Op], cols: _OpCols) -> int:
     """Deps for GPU ops that started later than their launch and their stream allow.
 
     Kineto does not record which event a `cudaStreamWaitEvent` waits for, so a GPU op that starts
@@ -816,7 +919,7 @@ def _infer_stream_waits(gpu_ops: list[_Op], ops: list[_Op]) -> int:
     prev_end: dict[int, int] = {}
     added = 0
     for op in sorted(gpu_ops, key=lambda o: (o.start, o.key)):
-        bound = max([prev_end.get(op.stream, -(2**62))] + [ops[d].start + ops[d].dur for d in op.deps])
+        bound = max([prev_end.get(op.stream, -(2**62))] + [cols.end(d) for d in op.deps])
         prev_end[op.stream] = op.start + op.dur
         if op.start - bound <= STREAM_WAIT_SLACK_NS:
             continue
@@ -879,47 +982,63 @@ def _match_collectives(
     return {gid: (k[0], [rank_of[r] for r in k[1]]) for k, gid in group_ids.items()}
 
 
-def _build(ops: list[_Op], files: list[_File], groups_by_id: dict[int, tuple[str, list[int]]]) -> Trace:
-    """The validated trace of the ops; empties `ops` (its objects are not needed once in the table)."""
-    consumed = ops
-    # Ops sorted by (start, rank, stream, key) into op_id order with numpy (an op's key is its
-    # index in `ops`); deps map keys to op_ids through the inverse order.
-    n = len(ops)
-    start = np.fromiter(map(attrgetter("start"), ops), np.int64, n)
-    rank = np.fromiter(map(attrgetter("rank"), ops), np.int64, n)
-    stream = np.fromiter(map(attrgetter("stream"), ops), np.int64, n)
+def _build(
+    ops: list[_Op], cols: _OpCols, files: list[_File], groups_by_id: dict[int, tuple[str, list[int]]]
+) -> Trace:
+    """The validated trace of the ops (`ops`: the GPU ops; `cols`: every op by key); empties both
+    (they are not needed once in the table)."""
+    # Ops sorted by (start, rank, stream, key) into op_id order with numpy; deps map keys to
+    # op_ids through the inverse order.
+    n = len(cols)
+    start = np.frombuffer(cols.start, np.int64)
+    rank = np.frombuffer(cols.rank, np.int64)
+    stream = np.frombuffer(cols.stream, np.int64)
     order = np.lexsort((np.arange(n), stream, rank, start))
     op_id = np.empty(n, np.int64)
     op_id[order] = np.arange(n)
     start, rank, stream = start[order], rank[order], stream[order]
-    ops = list(map(ops.__getitem__, order.tolist()))
-    del order
+    dur = np.frombuffer(cols.dur, np.int64)[order]
+    names = cols.name
+    name = pa.array(list(map(names.__getitem__, order.tolist())), OP_COLUMN_TYPES["name"])
+    cols.name = names = []
+    # Row → index in `ops` (null for host ops): the GPU-only columns are taken through it.
+    gpu_of = np.frombuffer(cols.gpu, np.int64)[order]
+    take = pa.array(gpu_of, pa.int64(), mask=gpu_of < 0)
+    del gpu_of
 
-    def col(attr: str) -> list[Any]:
-        return list(map(attrgetter(attr), ops))
-
-    dep_lists = col("deps")
+    # deps: host ops have at most one (`cols.dep`), GPU ops a list; laid out by op_id.
+    g = len(ops)
+    host_dep = np.frombuffer(cols.dep, np.int64)
+    count = (host_dep >= 0).astype(np.int64)
+    gkeys = np.fromiter(map(attrgetter("key"), ops), np.int64, g)
+    gcount = np.fromiter((len(o.deps) for o in ops), np.int64, g)
+    count[gkeys] = gcount
     offsets = np.zeros(n + 1, np.int64)
-    np.cumsum(np.fromiter(map(len, dep_lists), np.int64, n), out=offsets[1:])
-    flat = np.fromiter(chain.from_iterable(dep_lists), np.int64, int(offsets[-1]))
-    del dep_lists
+    np.cumsum(count[order], out=offsets[1:])
+    del count
+    flat = np.empty(int(offsets[-1]), np.int64)
+    hk = np.flatnonzero(host_dep >= 0)
+    flat[offsets[op_id[hk]]] = host_dep[hk]
+    del hk, host_dep
+    gtotal = int(gcount.sum())
+    gflat = np.fromiter(chain.from_iterable(o.deps for o in ops), np.int64, gtotal)
+    first = offsets[op_id[gkeys]] - (np.cumsum(gcount) - gcount)
+    flat[np.repeat(first, gcount) + np.arange(gtotal)] = gflat
+    del gflat, first, gkeys, gcount
     deps = pa.LargeListArray.from_arrays(pa.array(offsets), pa.array(op_id[flat]))
     deps = deps.cast(OP_COLUMN_TYPES["deps"])
-    coll = pa.array(np.fromiter((o.kind == "collective" for o in ops), np.bool_, n))
-    category = pa.array(col("category"), OP_COLUMN_TYPES["category"])
-    typed = _ops_table(
-        {
-            "kind": col("kind"),
-            "dtype": col("dtype"),
-            "coll": col("coll"),
-            "group_id": col("group_id"),
-            "coll_seq": col("coll_seq"),
-            "comm_bytes": col("comm_bytes"),
-        }
-    )
+    del flat, offsets, op_id, order
+
+    def col(attr: str) -> pa.Array:
+        vals = pa.array(list(map(attrgetter(attr), ops)), OP_COLUMN_TYPES[attr])
+        return vals.take(take)
+
+    kind = pc.fill_null(col("kind"), "host")
+    coll = pc.fill_null(pc.equal(kind, "collective"), False)
+    category = col("category")
 
     def if_coll(name: str, mask: pa.Array = coll) -> pa.Array:
-        c = typed.column(name).combine_chunks()
+        c = col(name)
         return pc.if_else(mask, c, pa.nulls(n, c.type))
 
     # A communication op's dtype is kept only when it became a collective.
@@ -929,29 +1048,29 @@ def _build(ops: list[_Op], files: list[_File], groups_by_id: dict[int, tuple[str
             "op_id": pa.array(np.arange(n), OP_COLUMN_TYPES["op_id"]),
             "rank": pa.array(rank, OP_COLUMN_TYPES["rank"]),
             "stream": pa.array(stream, OP_COLUMN_TYPES["stream"]),
-            "name": pa.array(col("name"), OP_COLUMN_TYPES["name"]),
-            "kind": typed.column("kind").combine_chunks(),
+            "name": name,
+            "kind": kind,
             "category": category,
             "dtype": if_coll("dtype", keep_dtype),
-            "duration_ns": pa.array(col("dur"), OP_COLUMN_TYPES["duration_ns"]),
+            "duration_ns": pa.array(dur, OP_COLUMN_TYPES["duration_ns"]),
             "start_ns": pa.array(start, OP_COLUMN_TYPES["start_ns"]),
             "deps": deps,
             "coll": if_coll("coll"),
             "group_id": if_coll("group_id"),
             "coll_seq": if_coll("coll_seq"),
             "comm_bytes": if_coll("comm_bytes"),
-            "iteration": pa.array(col("iteration"), OP_COLUMN_TYPES["iteration"]),
-            "flops": pa.array(col("flops"), OP_COLUMN_TYPES["flops"]),
-            "bytes_read": pa.array(col("bytes_read"), OP_COLUMN_TYPES["bytes_read"]),
-            "bytes_written": pa.array(col("bytes_written"), OP_COLUMN_TYPES["bytes_written"]),
-            "gemm_m": pa.array(col("gemm_m"), OP_COLUMN_TYPES["gemm_m"]),
-            "gemm_n": pa.array(col("gemm_n"), OP_COLUMN_TYPES["gemm_n"]),
-            "gemm_k": pa.array(col("gemm_k"), OP_COLUMN_TYPES["gemm_k"]),
+            "iteration": col("iteration"),
+            "flops": col("flops"),
+            "bytes_read": col("bytes_read"),
+            "bytes_written": col("bytes_written"),
+            "gemm_m": col("gemm_m"),
+            "gemm_n": col("gemm_n"),
+            "gemm_k": col("gemm_k"),
         }
     )
     used = sorted({o.group_id for o in ops if o.kind == "collective" and o.group_id is not None})
-    ops = []
-    consumed.clear()  # the op objects are in the table now: free them before it is validated
+    ops.clear()  # the op objects are in the table now: free them before it is validated
+    del cols.start, cols.dur, cols.rank, cols.stream, cols.gpu, cols.dep
     return _to_trace(
         table,
         used,
