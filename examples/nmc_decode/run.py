@@ -58,7 +58,8 @@ def _system(variant: Variant) -> tracesim.System:
 
 
 def run_variant(variant: Variant, trace: Trace, steps: int) -> dict[str, Any]:
-    result = tracesim.simulate(trace, _system(variant), compute_model="roofline")
+    system = _system(variant)
+    result = tracesim.simulate(trace, system, compute_model="roofline")
     s = result.summary
     tokens = trace.meta["tokens"]
     ops = pl.DataFrame(trace.ops).select("op_id", "category")
@@ -70,7 +71,6 @@ def run_variant(variant: Variant, trace: Trace, steps: int) -> dict[str, Any]:
     )
     devices = {d["device"]: d for d in s.get("devices", [])}
     nmc = next((d for name, d in devices.items() if name != "gpu"), None)
-    system = _system(variant)
     nmc_tier = next((u.tier for u in system.nmc if nmc is not None and u.name == nmc["device"]), None)
     tiers = {t["tier"]: t["bytes_read"] + t["bytes_written"] for t in s["memory_tiers"]}
     return {

@@ -80,7 +80,6 @@ pub struct RoutedPhase {
 /// The cost of one algorithm for one (collective, group): time α + β·n, link loads per byte.
 #[derive(Debug, Clone)]
 pub struct Plan {
-    pub algorithm: Algorithm,
     pub alpha_ns: f64,
     pub beta_ns_per_byte: f64,
     /// (link, bytes on it per byte of n), summed over phases.
@@ -312,7 +311,7 @@ fn tree_edge(ranks: &[u32], k: usize, mirrored: bool) -> (u32, u32) {
 
 /// Routes and costs `phases` on `fabric`: each phase takes its longest path's latency times
 /// its hops, plus its most loaded link's bytes over bandwidth.
-pub fn plan(algorithm: Algorithm, phases: &[Phase], fabric: &Fabric) -> Plan {
+pub fn plan(phases: &[Phase], fabric: &Fabric) -> Plan {
     let mut alpha = 0.0;
     let mut beta = 0.0;
     let mut load: Vec<f64> = Vec::new();
@@ -370,7 +369,6 @@ pub fn plan(algorithm: Algorithm, phases: &[Phase], fabric: &Fabric) -> Plan {
     let mut link_load: Vec<(u32, f64)> = total.into_iter().collect();
     link_load.sort_unstable_by_key(|&(l, _)| l);
     Plan {
-        algorithm,
         alpha_ns: alpha,
         beta_ns_per_byte: beta,
         link_load,

@@ -49,8 +49,7 @@ impl Ord for At {
     }
 }
 
-pub struct FlowSim<'a> {
-    fabric: &'a Fabric,
+pub struct FlowSim {
     now: f64,
     /// Link capacity in bytes per ns.
     capacity: Vec<f64>,
@@ -67,15 +66,14 @@ pub struct FlowSim<'a> {
     /// Scratch for rate computation.
     left: Vec<f64>,
     unfrozen: Vec<u32>,
-    /// Most flows in flight at once.
-    pub peak_flows: usize,
+    /// When the first flow in flight ends at the current rates ([`FlowSim::refresh`]).
+    next_flow_end: Option<f64>,
 }
 
-impl<'a> FlowSim<'a> {
-    pub fn new(fabric: &'a Fabric, instances: usize) -> FlowSim<'a> {
+impl FlowSim {
+    pub fn new(fabric: &Fabric, instances: usize) -> FlowSim {
         let n = fabric.links.len();
         FlowSim {
-            fabric,
             now: 0.0,
             capacity: fabric.links.iter().map(|l| l.bw_bytes * 1e-9).collect(),
             flows: Vec::new(),
@@ -87,7 +85,7 @@ impl<'a> FlowSim<'a> {
             finished: Vec::new(),
             left: vec![0.0; n],
             unfrozen: vec![0; n],
-            peak_flows: 0,
+            next_flow_end: None,
         }
     }
 
@@ -105,19 +103,16 @@ impl<'a> FlowSim<'a> {
             Some(latency) => self.pending.push(Reverse((At(t + latency), instance))),
             None => self.finished.push((instance, t)),
         }
-        self.start_due();
+        // A phase without latency starts its flows now, and they need their rates.
+        if self.start_due() {
+            self.refresh();
+        }
     }
 
     /// When the next flow ends or the next phase starts.
     pub fn next_time(&self) -> Option<f64> {
-        let flow = self
-            .flows
-            .iter()
-            .filter(|f| f.rate > 0.0)
-            .map(|f| self.now + f.remaining / f.rate)
-            .min_by(f64::total_cmp);
         let phase = self.pending.peek().map(|Reverse((At(t), _))| *t);
-        match (flow, phase) {
+        match (self.next_flow_end, phase) {
             (Some(a), Some(b)) => Some(a.min(b)),
             (a, b) => a.or(b),
         }
@@ -154,9 +149,22 @@ impl<'a> FlowSim<'a> {
         }
         changed |= self.start_due();
         if changed {
-            self.active_links.retain(|&l| self.on_link[l as usize] > 0);
-            self.rates();
+            self.refresh();
         }
+    }
+
+    /// After flows started or ended: the links in use, every flow's rate, and when the first
+    /// flow will end (rates stay constant until the next change, so that time does too).
+    fn refresh(&mut self) {
+        self.active_links.retain(|&l| self.on_link[l as usize] > 0);
+        self.rates();
+        let now = self.now;
+        self.next_flow_end = self
+            .flows
+            .iter()
+            .filter(|f| f.rate > 0.0)
+            .map(|f| now + f.remaining / f.rate)
+            .min_by(f64::total_cmp);
     }
 
     /// Instances that completed, with their end times; drained by the engine.
@@ -217,7 +225,6 @@ impl<'a> FlowSim<'a> {
                 });
                 open += 1;
             }
-            self.peak_flows = self.peak_flows.max(self.flows.len());
             if let Some(inst) = self.instances[instance as usize].as_mut() {
                 inst.open = open;
             }
@@ -282,10 +289,6 @@ impl<'a> FlowSim<'a> {
             }
         }
     }
-
-    pub fn fabric(&self) -> &Fabric {
-        self.fabric
-    }
 }
 
 /// The plan of one message: a single flow along the route, after the path's latency.
@@ -294,7 +297,6 @@ pub fn p2p_plan(fabric: &Fabric, src: u32, dst: u32) -> Plan {
     fabric.route(src, dst, &mut route);
     let latency: f64 = route.iter().map(|&l| fabric.links[l as usize].latency_ns).sum();
     Plan {
-        algorithm: crate::model::collectives::Algorithm::Direct,
         alpha_ns: latency,
         beta_ns_per_byte: 0.0,
         link_load: route.iter().map(|&l| (l, 1.0)).collect(),

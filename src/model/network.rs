@@ -87,16 +87,16 @@ impl<'a> AnalyticalNetwork<'a> {
 
     /// Plans of the algorithms this collective may run with, built once per group.
     fn candidates(&self, coll: CollKind, ranks: &[u32]) -> Candidates {
-        let devices: Vec<u32> = ranks.iter().map(|&r| self.device_of(r)).collect();
         if let Ok(cache) = self.plans.lock() {
             // Keyed by the group's ranks: a few distinct groups serve every instance.
             if let Some(Some(p)) = cache.get(ranks).map(|by_kind| &by_kind[coll as usize]) {
                 return p.clone();
             }
         }
+        let devices: Vec<u32> = ranks.iter().map(|&r| self.device_of(r)).collect();
         let build = |a: Algorithm| {
             collectives::phases(a, coll, &devices, &self.fabric)
-                .map(|ph| Arc::new(collectives::plan(a, &ph, &self.fabric)))
+                .map(|ph| Arc::new(collectives::plan(&ph, &self.fabric)))
         };
         let mut plans: Vec<Arc<Plan>> = match self.algorithm {
             Some(a) => build(a).into_iter().collect(),
@@ -129,10 +129,17 @@ impl<'a> AnalyticalNetwork<'a> {
         best
     }
 
-    fn route(&self, src: u32, dst: u32) -> Vec<u32> {
-        let mut path = Vec::new();
-        self.fabric.route(self.device_of(src), self.device_of(dst), &mut path);
-        path
+    /// Calls `f` with the links from rank `src`'s device to rank `dst`'s. Every send/recv pair
+    /// is routed three times (time, energy, traffic), so the path goes into one reused buffer.
+    fn with_route<T>(&self, src: u32, dst: u32, f: impl FnOnce(&[u32]) -> T) -> T {
+        thread_local! {
+            static PATH: std::cell::RefCell<Vec<u32>> = const { std::cell::RefCell::new(Vec::new()) };
+        }
+        PATH.with_borrow_mut(|path| {
+            path.clear();
+            self.fabric.route(self.device_of(src), self.device_of(dst), path);
+            f(path)
+        })
     }
 
     /// The device a rank runs on: `network.rank_to_device`, else rank r on device r.
@@ -169,15 +176,16 @@ impl NetworkModel for AnalyticalNetwork<'_> {
     }
 
     fn p2p_ns(&self, bytes: u64, src: u32, dst: u32) -> i64 {
-        let path = self.route(src, dst);
-        let links = path.iter().map(|&l| &self.fabric.links[l as usize]);
-        let latency: f64 = links.clone().map(|l| l.latency_ns).sum();
-        let bw = links.map(|l| l.bw_bytes).fold(f64::INFINITY, f64::min);
-        if bw.is_finite() {
-            (latency + bytes as f64 / bw * 1e9).round() as i64
-        } else {
-            0
-        }
+        self.with_route(src, dst, |path| {
+            let links = path.iter().map(|&l| &self.fabric.links[l as usize]);
+            let latency: f64 = links.clone().map(|l| l.latency_ns).sum();
+            let bw = links.map(|l| l.bw_bytes).fold(f64::INFINITY, f64::min);
+            if bw.is_finite() {
+                (latency + bytes as f64 / bw * 1e9).round() as i64
+            } else {
+                0
+            }
+        })
     }
 
     fn collective_energy_j(&self, coll: CollKind, bytes: u64, ranks: &[u32]) -> f64 {
@@ -194,11 +202,11 @@ impl NetworkModel for AnalyticalNetwork<'_> {
     }
 
     fn p2p_energy_j(&self, bytes: u64, src: u32, dst: u32) -> f64 {
-        let pj: f64 = self
-            .route(src, dst)
-            .iter()
-            .map(|&l| self.fabric.links[l as usize].energy_pj_per_bit)
-            .sum();
+        let pj: f64 = self.with_route(src, dst, |path| {
+            path.iter()
+                .map(|&l| self.fabric.links[l as usize].energy_pj_per_bit)
+                .sum()
+        });
         bytes as f64 * 8.0 * pj * 1e-12
     }
 
@@ -212,9 +220,11 @@ impl NetworkModel for AnalyticalNetwork<'_> {
     }
 
     fn add_p2p_traffic(&self, bytes: u64, src: u32, dst: u32, per_link: &mut [f64]) {
-        for l in self.route(src, dst) {
-            per_link[l as usize] += bytes as f64;
-        }
+        self.with_route(src, dst, |path| {
+            for &l in path {
+                per_link[l as usize] += bytes as f64;
+            }
+        });
     }
 
     fn collective_plan(&self, coll: CollKind, bytes: u64, ranks: &[u32]) -> Arc<Plan> {
@@ -364,6 +374,82 @@ mod tests {
             bad(r#", "topology": {"kind": "custom", "edges": [{"a": "gpu0", "b": "gpu1", "bw_bytes": 1e9}]}"#)
                 .contains("gpu2 has no edge")
         );
+        let custom = |edge: &str| bad(&format!(r#", "topology": {{"kind": "custom", "edges": [{edge}]}}"#));
+        assert!(custom(r#"{"a": "gpu0", "b": "gpu9", "bw_bytes": 1e9}"#)
+            .contains("edges[0] names \"gpu9\", but the system has 8 devices"));
+        assert!(custom(r#"{"a": "sw", "b": "sw", "bw_bytes": 1e9}"#).contains("edges[0] joins \"sw\" to itself"));
+        assert!(custom(r#"{"a": "gpu0", "b": "sw", "bw_bytes": 0}"#).contains("edges[0].bw_bytes must be positive"));
+        assert!(bad(r#", "algorithm": "nccl""#).contains("needs a [network.nccl] section"));
+        assert!(
+            bad(r#", "topology": {"kind": "ocs", "reconfig_ns": 10, "policy": "hourly"}"#)
+                .contains("unknown policy \"hourly\"")
+        );
+        assert!(
+            bad(r#", "topology": {"kind": "ocs", "reconfig_ns": 10, "policy": "static", "ports_per_device": 1}"#)
+                .contains("needs ports_per_device >= 2")
+        );
+        assert!(bad(r#", "topology": {"kind": "switched", "oversubscription": 0.5}"#)
+            .contains("oversubscription must be >= 1"));
+        assert!(bad(r#", "rank_to_device": [0, 8]"#).contains("rank_to_device[1] = 8, but the system has 8 devices"));
+    }
+
+    #[test]
+    fn fully_connected_is_capped_and_custom_graphs_route_through_switches() {
+        let big = system(129, 8, r#", "topology": {"kind": "fully_connected"}"#);
+        assert!(AnalyticalNetwork::new(&big)
+            .err()
+            .is_some_and(|e| e.to_string().contains("at most 1024 devices")));
+        // Two switches in a line: gpu0..3 on s0, gpu4..7 on s1.
+        let edges: Vec<String> = (0..8)
+            .map(|k| {
+                format!(
+                    r#"{{"a": "gpu{k}", "b": "s{}", "bw_bytes": 1e11, "latency_ns": 100}}"#,
+                    k / 4
+                )
+            })
+            .chain([r#"{"a": "s0", "b": "s1", "bw_bytes": 2e11, "latency_ns": 50}"#.to_string()])
+            .collect();
+        let s = system(
+            1,
+            8,
+            &format!(r#", "topology": {{"kind": "custom", "edges": [{}]}}"#, edges.join(", ")),
+        );
+        let n = net(&s);
+        let mut path = Vec::new();
+        n.fabric().route(1, 6, &mut path);
+        let fabric = n.fabric();
+        let hops: Vec<(&str, &str)> = path
+            .iter()
+            .map(|&l| {
+                (
+                    fabric.node_name(fabric.links[l as usize].src),
+                    fabric.node_name(fabric.links[l as usize].dst),
+                )
+            })
+            .collect();
+        assert_eq!(hops, [("gpu1", "s0"), ("s0", "s1"), ("s1", "gpu6")]);
+        // Latency on the device hop and on both switch-to-switch hops: 100 + 50 + 0.
+        assert_eq!(n.p2p_ns(0, 1, 6), 150);
+    }
+
+    #[test]
+    fn a_flow_without_latency_starts_at_once_with_its_rate() {
+        // Custom edges default to no latency: the message's only phase starts when it is posted.
+        let edges: Vec<String> = (0..8)
+            .map(|k| format!(r#"{{"a": "gpu{k}", "b": "sw", "bw_bytes": 1e9}}"#))
+            .collect();
+        let s = system(
+            1,
+            8,
+            &format!(r#", "topology": {{"kind": "custom", "edges": [{}]}}"#, edges.join(", ")),
+        );
+        let n = net(&s);
+        let mut sim = FlowSim::new(n.fabric(), 1);
+        sim.start(0, 0.0, Arc::new(n.p2p_plan(0, 1)), 1_000_000_000);
+        assert_eq!(sim.next_time(), Some(1e9));
+        sim.advance(1e9);
+        assert_eq!(sim.take_finished(), vec![(0, 1e9)]);
+        assert_eq!(sim.next_time(), None);
     }
 
     #[test]

@@ -153,3 +153,46 @@ pub fn energy_j(ops: &Ops, i: usize, unit: &NmcUnit, system: &System, memory: Op
     let link = moved as f64 * 8.0 * unit.link_energy_pj_per_bit * 1e-12;
     (compute, memory_j, link)
 }
+
+#[cfg(test)]
+mod tests {
+    use crate::system::System;
+
+    fn check(extra: &str) -> String {
+        let json = format!(
+            r#"{{"name": "t", "nodes": 1, "devices_per_node": 1,
+              "device": {{"name": "d", "peak_flops": {{"bf16": 1e15}}, "primary_memory": "hbm",
+                "memory": {{"hbm": {{"capacity_bytes": 8e10, "read_bw_bytes": 1e12, "write_bw_bytes": 1e12}}}}}},
+              "network": {{"scale_up": {{"bw_bytes": 1e11, "latency_ns": 1000}},
+                           "scale_out": {{"bw_bytes": 1e10, "latency_ns": 5000}}}} {extra}}}"#
+        );
+        System::from_json(&json)
+            .err()
+            .map(|e| e.to_string())
+            .unwrap_or_default()
+    }
+
+    const UNIT: &str =
+        r#""name": "pim", "peak_flops": {"fp16": 1e12}, "internal_bw_bytes": 1e12, "link_bw_bytes": 1e11"#;
+
+    #[test]
+    fn bad_units_and_rules_are_refused_by_name() {
+        assert!(check(&format!(r#", "nmc": [{{{UNIT}, "tier": "hbm"}}]"#)).is_empty());
+        assert!(check(&format!(r#", "nmc": [{{{UNIT}, "tier": "cxl"}}]"#))
+            .contains("nmc[0] (pim): tier \"cxl\" is not a memory tier of device d (it has: hbm)"));
+        assert!(check(&format!(
+            r#", "nmc": [{{{UNIT}, "tier": "hbm"}}, {{{UNIT}, "tier": "hbm"}}]"#
+        ))
+        .contains("name must be unique"));
+        let unit = format!(r#", "nmc": [{{{UNIT}, "tier": "hbm"}}]"#);
+        let rule = |r: &str| check(&format!(r#"{unit}, "offload": [{r}]"#));
+        assert!(rule(r#"{"device": "npu"}"#)
+            .contains("offload[0]: device \"npu\" is not \"gpu\" or an nmc unit (units: pim)"));
+        assert!(rule(r#"{"device": "pim", "category": "conv"}"#).contains("offload[0]: unknown category \"conv\""));
+        assert!(rule(r#"{"device": "pim", "phase": "serve"}"#).contains("offload[0]: unknown phase \"serve\""));
+        assert!(rule(r#"{"device": "pim", "tensor_class": "kv"}"#).contains("offload[0]: unknown tensor_class \"kv\""));
+        let zero_bw = UNIT.replace(r#""internal_bw_bytes": 1e12"#, r#""internal_bw_bytes": 0"#);
+        assert!(check(&format!(r#", "nmc": [{{{zero_bw}, "tier": "hbm"}}]"#))
+            .contains("nmc[0] (pim): internal_bw_bytes must be a positive number, got 0"));
+    }
+}
