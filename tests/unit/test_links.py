@@ -10,6 +10,7 @@ from pydantic import ValidationError
 
 import tracesim
 from tests.cli import run_cli
+from tests.systems import derived_system_file
 from tracesim.samples import single_collective
 from tracesim.system import LinkPreset, load_link, preset_names
 
@@ -17,9 +18,7 @@ H100_NVLINK_LATENCY_NS = 936.25  # presets/systems/dgx-h100.toml scale_up
 
 
 def _system_file(tmp_path: Path, body: str) -> Path:
-    p = tmp_path / "linked.toml"
-    p.write_text('base = "dgx-h100"\nname = "linked"\n' + body)
-    return p
+    return derived_system_file(tmp_path, "dgx-h100", body, "linked.toml")
 
 
 def test_link_presets_ship_and_load() -> None:

@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 import tracesim
+from tests.systems import derived_system
 from tracesim.samples import single_collective
 from tracesim.trace import Trace
 
@@ -15,9 +16,7 @@ GIB = 1 << 30
 
 
 def _system(tmp_path: Path, body: str, name: str = "sys.toml") -> tracesim.System:
-    path = tmp_path / name
-    path.write_text(f'base = "dgx-h100"\nname = "{path.stem}"\n{body}')
-    return tracesim.load_system(path)
+    return derived_system(tmp_path, "dgx-h100", body, name)
 
 
 def _two_concurrent_all_reduces(ranks: int, comm_bytes: int) -> Trace:

@@ -11,6 +11,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import tracesim
+from tests.systems import derived_system
 from tracesim.samples import decode_steps
 from tracesim.trace import Trace
 
@@ -35,9 +36,7 @@ phase = "decode"
 
 
 def _system(tmp_path: Path, body: str, name: str = "nmc.toml") -> tracesim.System:
-    path = tmp_path / name
-    path.write_text(f'base = "dgx-h200"\nname = "{path.stem}"\n{body}')
-    return tracesim.load_system(path)
+    return derived_system(tmp_path, "dgx-h200", body, name)
 
 
 def _ops(rows: list[dict[str, Any]]) -> Trace:
