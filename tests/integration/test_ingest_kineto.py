@@ -199,7 +199,9 @@ def test_real_nccl_trace_counts() -> None:
 IDENTITY = {
     "hta/tests/data/nccl_parser_config/nccl_data.json.gz": (0.0000, 0.0000),
     "hta/tests/data/trace_diff/control/control.json.gz": (0.0008, 0.0032),
-    "hta/tests/data/trace_diff/test/test.json.gz": (0.0137, 0.0181),
+    "hta/tests/data/trace_diff/test/test.json.gz": (0.0119, 0.0131),
+    # TorchRec DLRM with CUDA graphs: the waits inside graph launches carry it (was 25.6%)
+    "hta/tests/data/negative_queue_length_values_check/rank0.json.gz": (0.0094, 0.0170),
 }
 
 
@@ -207,9 +209,42 @@ IDENTITY = {
 def test_identity_real(rel: str) -> None:
     (row,) = identity(_real(rel))
     median, worst = IDENTITY[rel]
-    assert row.steps == 6 or row.steps == 3
+    assert row.steps in (3, 5, 6)
     assert row.median_err <= median + 0.01
     assert row.worst_err <= worst + 0.01
+
+
+def test_graph_node_waits(tmp_path: Path) -> None:
+    """A CUDA graph's nodes that start later than their launch, stream and earlier nodes allow
+    (Kineto does not record the graph's edges or event waits) keep their measured gaps; kernels
+    of ordinary launches close up to their predecessor."""
+    events = [
+        _x("cuda_runtime", "cudaGraphLaunch", 0, 5, 100, correlation=1),
+        _x("kernel", "graph_node_a", 10, 10, 7, stream=7, correlation=1),  # 5 µs after the launch
+        _x("kernel", "graph_node_b", 50, 10, 7, stream=7, correlation=1),  # 30 µs idle before it
+        _x("kernel", "graph_node_c", 200, 10, 13, stream=13, correlation=1),  # first on its stream
+        _x("cuda_runtime", "cudaLaunchKernel", 6, 4, 100, correlation=2),
+        _x("kernel", "plain", 90, 10, 7, stream=7, correlation=2),  # 30 µs idle: not kept
+    ]
+    path = tmp_path / "graph.json"
+    path.write_text(json.dumps({"traceEvents": events}))
+    trace, report = ingest_kineto([path])
+    assert report.graph_node_waits == 3
+    assert "waits inside CUDA/HIP graphs kept as measured: 3" in report.lines()
+    ops = _ops(trace)
+    waits = ops.filter(pl.col("name") == "graph node wait").sort("start_ns")
+    assert waits["duration_ns"].to_list() == [5_000, 30_000, 140_000]
+    res = tracesim.simulate(trace, "dgx-h100", compute_model="measured")
+    start = dict(
+        res.timeline.join(ops.select("op_id", "name"), on="op_id").select("name", "start_ns").iter_rows()
+    )
+    first = int(ops["start_ns"].min())
+    assert {k: start[k] - first for k in ("graph_node_a", "graph_node_b", "graph_node_c")} == {
+        "graph_node_a": 10_000,
+        "graph_node_b": 50_000,
+        "graph_node_c": 200_000,
+    }
+    assert start["plain"] - first == 60_000  # right after graph_node_b
 
 
 # --- FLOPs / bytes / dtype from recorded shapes ------------------------------------------------

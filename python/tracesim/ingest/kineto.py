@@ -103,6 +103,7 @@ class IngestReport:
     launch_deps: int = 0
     sync_deps: int = 0
     inferred_stream_deps: int = 0  # cross-stream waits (cudaStreamWaitEvent) inferred from the timing
+    graph_node_waits: int = 0  # idle time inside a CUDA/HIP graph's execution, kept as measured
     orphan_gpu_ops: int = 0  # GPU ops whose launching runtime call is not in the trace
     unmapped: Counter[str] = field(default_factory=Counter)
     costed: int = 0  # GPU ops that got FLOPs and/or bytes
@@ -128,6 +129,8 @@ class IngestReport:
         )
         out.append(f"deps: {self.launch_deps:,} launch → GPU op, {self.sync_deps:,} GPU op → blocking call")
         out.append(f"cross-stream waits inferred from timing: {self.inferred_stream_deps:,}")
+        if self.graph_node_waits:
+            out.append(f"waits inside CUDA/HIP graphs kept as measured: {self.graph_node_waits:,}")
         if self.orphan_gpu_ops:
             out.append(
                 f"GPU ops without a launch in the trace: {self.orphan_gpu_ops:,} "
@@ -731,6 +734,7 @@ def _ingest(
         )
         hstream = {t: len(gpu_streams) + k for k, t in enumerate(threads)}
         step_starts = [s[0] for s in f.steps]
+        graph_launches: set[int] = set()  # host op keys of cudaGraphLaunch/hipGraphLaunch calls
         comm_by_thread: dict[Any, list[_Ev]] = defaultdict(list)
         for ev in f.comms_ops:
             comm_by_thread[ev.thread].append(ev)
@@ -837,6 +841,8 @@ def _ingest(
                     g = min(f.gpu[j].ts for j in own)
                     p = min(t, max(s, g))
                     launch_op = new_host(rank, stream, ev.name, s, p - s)
+                    if "GraphLaunch" in ev.name:
+                        graph_launches.add(launch_op)
                     for j in own:
                         gpu_ops[j].deps.append(launch_op)
                         report.launch_deps += 1
@@ -885,6 +891,12 @@ def _ingest(
         if hook is not None:
             hook.link(rank, f, launcher, gpu_ops)
         report.inferred_stream_deps += _infer_stream_waits(gpu_ops, cols)
+        graph_stream = len(gpu_streams) + len(threads) + 1
+        for node, after, t in _graph_node_waits(gpu_ops, cols, graph_launches):
+            gs = graph_stream + node.stream
+            wait_op = new_host(rank, gs, "graph node wait", base + t, node.start - t, after)
+            node.deps.append(wait_op)
+            report.graph_node_waits += 1
         report.iterations.extend(n for _, _, n in f.steps)
         if hook is None:  # this rank's events are no longer needed: free them before the next
             f.gpu, f.runtime, f.comms_ops, f.cpu_ops = [], [], [], []
@@ -932,6 +944,39 @@ def _infer_stream_waits(gpu_ops: list[_Op], cols: _OpCols) -> int:
                 break
             k -= 1
     return added
+
+
+def _graph_node_waits(
+    gpu_ops: list[_Op], cols: _OpCols, graph_launches: set[int]
+) -> list[tuple[_Op, int, int]]:
+    """Idle time before the nodes of CUDA/HIP graph launches that nothing in the trace explains.
+
+    Kineto records a graph's kernels but not its edges, event waits or host nodes, so a node that
+    starts more than STREAM_WAIT_SLACK_NS after its stream, its deps and every earlier node of its
+    launch allow was held back by something unseen. For each such node: (node, key of the op whose
+    end bound it, that end): the launch, the previous op of its stream, a dep, or the earlier node
+    of its launch that ended last, so that a wait from that end to the node's measured start keeps
+    the measured gap, anchored to what the node visibly waited for.
+    """
+    out: list[tuple[_Op, int, int]] = []
+    prev: dict[int, _Op] = {}  # stream → its last op so far
+    reach: dict[int, _Op] = {}  # graph launch key → its node that ended last so far
+    for op in sorted(gpu_ops, key=lambda o: (o.start, o.key)):
+        before = prev.get(op.stream)
+        prev[op.stream] = op
+        launch = next((d for d in op.deps if d in graph_launches), None)
+        if launch is None:
+            continue
+        bound, anchor = max((cols.end(d), d) for d in op.deps)
+        last = reach.get(launch)
+        for o in (before, last):
+            if o is not None and o.start + o.dur > bound:
+                bound, anchor = o.start + o.dur, o.key
+        if op.start - bound > STREAM_WAIT_SLACK_NS:
+            out.append((op, anchor, bound))
+        if last is None or op.start + op.dur > last.start + last.dur:
+            reach[launch] = op
+    return out
 
 
 _NO_GPU_OPS: list[int] = []
