@@ -1,7 +1,9 @@
 //! Columnar reader of Kineto (PyTorch profiler) Chrome-trace JSON.
 //!
-//! `traceEvents` is read in one pass with borrowed deserialisation into Arrow columns, so that
-//! the Python ingester (`tracesim.ingest.kineto`) keeps no per-event Python objects. Times are
+//! The file is streamed: read (and gunzipped) in blocks, `traceEvents` cut into its elements by
+//! a scanner that tracks strings and nesting, each element deserialised (borrowed) from its own
+//! bytes into Arrow columns. The JSON text is never held whole, so memory is the columns plus one
+//! block, and the Python ingester (`tracesim.ingest.kineto`) never sees the bytes. Times are
 //! exact: the decimal text of `ts`/`dur` is scaled by 10^3 (µs → ns) and by 1 (already ns) into
 //! i64 with round-half-even, as Python's `Decimal(text) * scale` then `to_integral_value()`.
 //!
@@ -10,12 +12,16 @@
 
 use std::borrow::Cow;
 use std::fmt;
+use std::fs::File;
+use std::io::{self, BufRead, BufReader};
+use std::path::Path;
 use std::sync::Arc;
 
 use arrow_array::builder::{BooleanBuilder, Int64Builder, StringBuilder, StringViewBuilder};
 use arrow_array::{ArrayRef, RecordBatch};
 use arrow_schema::{DataType, Field, Schema};
-use serde::de::{DeserializeSeed, Deserializer, IgnoredAny, MapAccess, SeqAccess, Visitor};
+use flate2::bufread::MultiGzDecoder;
+use serde::de::{Deserializer, IgnoredAny, MapAccess, SeqAccess, Visitor};
 use serde::Deserialize;
 use serde_json::value::RawValue;
 
@@ -33,6 +39,8 @@ pub struct KinetoColumns {
     pub display_time_unit: Option<String>,
     /// The JSON text of `distributedInfo`, when present.
     pub distributed_info: Option<String>,
+    /// `traceEvents` elements that are not objects (numbers, strings, lists, null): not events.
+    pub non_objects: u64,
 }
 
 /// The columns of [`KinetoColumns::events`].
@@ -86,15 +94,50 @@ pub fn schema() -> Schema {
     ])
 }
 
+/// Reads a Kineto trace file, plain or gzip (by its magic bytes), streaming.
+pub fn read_kineto_file(path: &Path, keep_args: bool) -> Result<KinetoColumns, KinetoJsonError> {
+    let name = path.display().to_string();
+    let file = File::open(path).map_err(|e| {
+        KinetoJsonError(if e.kind() == io::ErrorKind::NotFound {
+            format!("{name}: no such file")
+        } else {
+            format!("{name}: cannot read: {e}")
+        })
+    })?;
+    let mut raw = BufReader::with_capacity(BLOCK, file);
+    let gz = raw
+        .fill_buf()
+        .map_err(|e| KinetoJsonError(format!("{name}: cannot read: {e}")))?
+        .starts_with(&[0x1f, 0x8b]);
+    if gz {
+        let inner = BufReader::with_capacity(BLOCK, MultiGzDecoder::new(raw));
+        read_stream(inner, &name, keep_args, "not a readable gzip file")
+    } else {
+        read_stream(raw, &name, keep_args, "cannot read")
+    }
+}
+
 /// Reads a Kineto trace's JSON text. `path` only names the file in errors.
 pub fn read_kineto(text: &[u8], path: &str, keep_args: bool) -> Result<KinetoColumns, KinetoJsonError> {
-    let text = std::str::from_utf8(text).map_err(|e| KinetoJsonError(format!("{path}: not valid JSON: {e}")))?;
+    read_stream(text, path, keep_args, "cannot read")
+}
+
+/// The read block: large enough that per-block costs vanish, small beside any trace.
+const BLOCK: usize = 1 << 20;
+
+/// `io_what`: how a read error is described (a gzip stream's errors are its corruption).
+fn read_stream<R: BufRead>(
+    reader: R,
+    path: &str,
+    keep_args: bool,
+    io_what: &str,
+) -> Result<KinetoColumns, KinetoJsonError> {
     let mut cols = Builders::new(keep_args);
-    let mut de = serde_json::Deserializer::from_str(text);
-    let top = TopSeed { cols: &mut cols }
-        .deserialize(&mut de)
-        .and_then(|t| de.end().map(|()| t))
-        .map_err(|e| KinetoJsonError(format!("{path}: not valid JSON: {e}")))?;
+    let mut scan = Scanner::new(reader);
+    let top = read_top(&mut scan, &mut cols).map_err(|e| match e {
+        ScanError::Io(e) => KinetoJsonError(format!("{path}: {io_what}: {e}")),
+        ScanError::Json(m) => KinetoJsonError(format!("{path}: not valid JSON: {m}")),
+    })?;
     if let Some(e) = cols.error.take() {
         return Err(KinetoJsonError(format!("{path}: {e}")));
     }
@@ -108,7 +151,246 @@ pub fn read_kineto(text: &[u8], path: &str, keep_args: bool) -> Result<KinetoCol
         events,
         display_time_unit: top.display_time_unit,
         distributed_info: top.distributed_info,
+        non_objects: cols.non_objects,
     })
+}
+
+// ---------------------------------------------------------------------------------------------
+// Streaming: the top level and `traceEvents` by hand, each value they hold by serde_json.
+
+enum ScanError {
+    Io(io::Error),
+    Json(String),
+}
+
+impl From<io::Error> for ScanError {
+    fn from(e: io::Error) -> Self {
+        ScanError::Io(e)
+    }
+}
+
+/// Cuts a JSON text into values without parsing them: tracks strings (with escapes) and nesting
+/// only. Whatever it cuts is then parsed by serde_json, which finds every error it lets through.
+struct Scanner<R> {
+    r: R,
+    /// Bytes consumed so far (of the decompressed text), for error positions.
+    offset: u64,
+}
+
+impl<R: BufRead> Scanner<R> {
+    fn new(r: R) -> Self {
+        Scanner { r, offset: 0 }
+    }
+
+    fn consume(&mut self, n: usize) {
+        self.r.consume(n);
+        self.offset += n as u64;
+    }
+
+    /// Skips whitespace; the next byte, not consumed (None at the end).
+    fn peek(&mut self) -> Result<Option<u8>, ScanError> {
+        loop {
+            let buf = self.r.fill_buf()?;
+            if buf.is_empty() {
+                return Ok(None);
+            }
+            match buf.iter().position(|b| !b.is_ascii_whitespace()) {
+                Some(i) => {
+                    let c = buf[i];
+                    self.consume(i);
+                    return Ok(Some(c));
+                }
+                None => {
+                    let n = buf.len();
+                    self.consume(n);
+                }
+            }
+        }
+    }
+
+    fn error(&self, what: &str) -> ScanError {
+        ScanError::Json(format!("{what} at byte {}", self.offset))
+    }
+
+    /// Consumes `c` (after whitespace) or fails with `what`.
+    fn expect(&mut self, c: u8, what: &str) -> Result<(), ScanError> {
+        match self.peek()? {
+            Some(b) if b == c => {
+                self.consume(1);
+                Ok(())
+            }
+            Some(_) => Err(self.error(what)),
+            None => Err(self.error("EOF while parsing")),
+        }
+    }
+
+    /// Copies the next JSON value's bytes into `out` (cleared first): an object or list to its
+    /// closing bracket, a string to its closing quote, anything else up to a delimiter. Gives the
+    /// offset it starts at.
+    fn value(&mut self, out: &mut Vec<u8>) -> Result<u64, ScanError> {
+        out.clear();
+        let Some(first) = self.peek()? else {
+            return Err(self.error("EOF while parsing a value"));
+        };
+        let start = self.offset;
+        let scalar = !matches!(first, b'{' | b'[' | b'"');
+        let (mut depth, mut in_str, mut esc) = (0u32, false, false);
+        loop {
+            let buf = self.r.fill_buf()?;
+            if buf.is_empty() {
+                return if scalar {
+                    Ok(start)
+                } else {
+                    Err(self.error("EOF while parsing a value"))
+                };
+            }
+            let mut end = None;
+            for (i, &b) in buf.iter().enumerate() {
+                if scalar {
+                    if matches!(b, b',' | b']' | b'}') || b.is_ascii_whitespace() {
+                        end = Some(i);
+                        break;
+                    }
+                } else if in_str {
+                    if esc {
+                        esc = false;
+                    } else if b == b'\\' {
+                        esc = true;
+                    } else if b == b'"' {
+                        in_str = false;
+                        if depth == 0 {
+                            end = Some(i + 1);
+                            break;
+                        }
+                    }
+                } else {
+                    match b {
+                        b'"' => in_str = true,
+                        b'{' | b'[' => depth += 1,
+                        b'}' | b']' => {
+                            depth = depth.saturating_sub(1);
+                            if depth == 0 {
+                                end = Some(i + 1);
+                                break;
+                            }
+                        }
+                        _ => {}
+                    }
+                }
+            }
+            let take = end.unwrap_or(buf.len());
+            out.extend_from_slice(&buf[..take]);
+            self.consume(take);
+            if end.is_some() {
+                return Ok(start);
+            }
+        }
+    }
+}
+
+#[derive(Default)]
+struct Top {
+    has_events: bool,
+    display_time_unit: Option<String>,
+    distributed_info: Option<String>,
+}
+
+/// The whole text: an object whose `traceEvents` list is streamed (its other values are read
+/// whole: they are small), or a bare list of events.
+fn read_top<R: BufRead>(scan: &mut Scanner<R>, cols: &mut Builders) -> Result<Top, ScanError> {
+    let mut top = Top::default();
+    let mut buf = Vec::new();
+    match scan.peek()? {
+        Some(b'{') => {
+            scan.consume(1);
+            let mut first = true;
+            loop {
+                if scan.peek()? == Some(b'}') {
+                    scan.consume(1);
+                    break;
+                }
+                if !first {
+                    scan.expect(b',', "expected ',' or '}' after an object value")?;
+                }
+                first = false;
+                let at = scan.value(&mut buf)?;
+                let key: Cow<'_, str> = if buf.first() == Some(&b'"') {
+                    serde_json::from_slice(&buf).map_err(|e| json_error(&e, at))?
+                } else {
+                    return Err(scan.error("key must be a string"));
+                };
+                let key = key.into_owned();
+                scan.expect(b':', "expected ':'")?;
+                if key == "traceEvents" && scan.peek()? == Some(b'[') {
+                    read_events(scan, cols, &mut buf)?;
+                    top.has_events = true;
+                    continue;
+                }
+                let at = scan.value(&mut buf)?;
+                let raw: &RawValue = serde_json::from_slice(&buf).map_err(|e| json_error(&e, at))?;
+                match key.as_str() {
+                    "displayTimeUnit" => top.display_time_unit = json_str(raw).map(Cow::into_owned),
+                    "distributedInfo" => top.distributed_info = Some(raw.get().to_owned()),
+                    _ => {}
+                }
+            }
+        }
+        Some(b'[') => {
+            read_events(scan, cols, &mut buf)?;
+            top.has_events = true;
+        }
+        _ => {
+            let at = scan.value(&mut buf)?;
+            serde_json::from_slice::<IgnoredAny>(&buf).map_err(|e| json_error(&e, at))?;
+        }
+    }
+    if scan.peek()?.is_some() {
+        return Err(scan.error("trailing characters"));
+    }
+    Ok(top)
+}
+
+/// A serde_json error in a value that started at byte `at`.
+fn json_error(e: &serde_json::Error, at: u64) -> ScanError {
+    ScanError::Json(format!("{e} (in the value from byte {at})"))
+}
+
+/// `traceEvents`, from its `[`: each object element becomes a row, other elements are skipped.
+fn read_events<R: BufRead>(scan: &mut Scanner<R>, cols: &mut Builders, buf: &mut Vec<u8>) -> Result<(), ScanError> {
+    scan.consume(1);
+    if scan.peek()? == Some(b']') {
+        scan.consume(1);
+        return Ok(());
+    }
+    for n in 0usize.. {
+        let at = scan.value(buf)?;
+        let Element(ev) = serde_json::from_slice::<Element<'_>>(buf)
+            .map_err(|e| ScanError::Json(format!("traceEvents[{n}]: {e} (in the value from byte {at})")))?;
+        match ev {
+            None => cols.non_objects += 1,
+            Some(ev) if cols.error.is_none() => {
+                let args = match ev.args.filter(|a| a.get().starts_with('{')) {
+                    Some(a) => serde_json::from_str::<Args<'_>>(a.get()),
+                    None => Ok(Args::default()),
+                };
+                match args {
+                    Ok(args) => cols.push(&ev, &args),
+                    Err(e) => cols.error = Some(format!("traceEvents[{n}].args: {e}")),
+                }
+            }
+            Some(_) => {}
+        }
+        match scan.peek()? {
+            Some(b',') => scan.consume(1),
+            Some(b']') => {
+                scan.consume(1);
+                return Ok(());
+            }
+            Some(_) => return Err(scan.error("expected ',' or ']' after a trace event")),
+            None => return Err(scan.error("EOF while parsing a list")),
+        }
+    }
+    Ok(())
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -425,6 +707,7 @@ struct Builders {
     has_coll: BooleanBuilder,
     args: StringBuilder,
     shapes: StringViewBuilder,
+    non_objects: u64,
     error: Option<String>,
 }
 
@@ -451,6 +734,7 @@ impl Builders {
             has_coll: BooleanBuilder::new(),
             args: StringBuilder::new(),
             shapes: StringViewBuilder::new().with_deduplicate_strings(),
+            non_objects: 0,
             error: None,
         }
     }
@@ -493,7 +777,7 @@ impl Builders {
         self.name.append_value(name);
     }
 
-    fn finish(mut self) -> Result<RecordBatch, arrow_schema::ArrowError> {
+    fn finish(&mut self) -> Result<RecordBatch, arrow_schema::ArrowError> {
         let cols: Vec<ArrayRef> = vec![
             Arc::new(self.ph.finish()),
             Arc::new(self.name.finish()),
@@ -516,120 +800,6 @@ impl Builders {
             Arc::new(self.shapes.finish()),
         ];
         RecordBatch::try_new(Arc::new(schema()), cols)
-    }
-}
-
-#[derive(Default)]
-struct Top {
-    has_events: bool,
-    display_time_unit: Option<String>,
-    distributed_info: Option<String>,
-}
-
-struct TopSeed<'c> {
-    cols: &'c mut Builders,
-}
-
-impl<'de> DeserializeSeed<'de> for TopSeed<'_> {
-    type Value = Top;
-    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<Top, D::Error> {
-        d.deserialize_any(self)
-    }
-}
-
-macro_rules! not_a_trace {
-    ($($f:ident: $t:ty),*) => {
-        $(fn $f<E: serde::de::Error>(self, _v: $t) -> Result<Self::Value, E> {
-            Ok(Self::Value::default())
-        })*
-    };
-}
-
-impl<'de> Visitor<'de> for TopSeed<'_> {
-    type Value = Top;
-    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("a Chrome trace object or event list")
-    }
-    not_a_trace!(visit_bool: bool, visit_i64: i64, visit_u64: u64, visit_f64: f64, visit_str: &str);
-    fn visit_unit<E: serde::de::Error>(self) -> Result<Top, E> {
-        Ok(Top::default())
-    }
-    fn visit_seq<A: SeqAccess<'de>>(self, seq: A) -> Result<Top, A::Error> {
-        EventsSeed { cols: self.cols }.visit_seq(seq)?;
-        Ok(Top {
-            has_events: true,
-            ..Top::default()
-        })
-    }
-    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Top, A::Error> {
-        let mut top = Top::default();
-        while let Some(key) = map.next_key::<Cow<'de, str>>()? {
-            match key.as_ref() {
-                "traceEvents" => {
-                    top.has_events |= map.next_value_seed(EventsSeed { cols: &mut *self.cols })?;
-                }
-                "displayTimeUnit" => {
-                    let v: &'de RawValue = map.next_value()?;
-                    top.display_time_unit = json_str(v).map(Cow::into_owned);
-                }
-                "distributedInfo" => {
-                    let v: &'de RawValue = map.next_value()?;
-                    top.distributed_info = Some(v.get().to_owned());
-                }
-                _ => {
-                    map.next_value::<IgnoredAny>()?;
-                }
-            }
-        }
-        Ok(top)
-    }
-}
-
-/// `traceEvents`: true when it is a list (its object elements become rows).
-struct EventsSeed<'c> {
-    cols: &'c mut Builders,
-}
-
-impl<'de> DeserializeSeed<'de> for EventsSeed<'_> {
-    type Value = bool;
-    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<bool, D::Error> {
-        d.deserialize_any(self)
-    }
-}
-
-impl<'de> Visitor<'de> for EventsSeed<'_> {
-    type Value = bool;
-    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("a list of trace events")
-    }
-    not_a_trace!(visit_bool: bool, visit_i64: i64, visit_u64: u64, visit_f64: f64, visit_str: &str);
-    fn visit_unit<E: serde::de::Error>(self) -> Result<bool, E> {
-        Ok(false)
-    }
-    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<bool, A::Error> {
-        while map.next_entry::<IgnoredAny, IgnoredAny>()?.is_some() {}
-        Ok(false)
-    }
-    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<bool, A::Error> {
-        let mut n = 0usize;
-        while let Some(Element(ev)) = seq.next_element::<Element<'de>>()? {
-            n += 1;
-            let Some(ev) = ev else { continue };
-            if self.cols.error.is_some() {
-                continue;
-            }
-            let args = match ev.args.filter(|a| a.get().starts_with('{')) {
-                Some(a) => serde_json::from_str::<Args<'de>>(a.get()),
-                None => Ok(Args::default()),
-            };
-            match args {
-                Ok(args) => self.cols.push(&ev, &args),
-                Err(e) => {
-                    self.cols.error = Some(format!("traceEvents[{}].args: {e}", n - 1));
-                }
-            }
-        }
-        Ok(true)
     }
 }
 
@@ -679,6 +849,7 @@ mod tests {
         assert_eq!(out.distributed_info.as_deref(), Some(r#"{"rank": 3}"#));
         let b = &out.events;
         assert_eq!(b.num_rows(), 3);
+        assert_eq!(out.non_objects, 2);
         let name = col::<StringViewArray>(b, "name");
         assert_eq!(name.value(0), "k\"1");
         assert_eq!(name.value(2), "None");
@@ -726,5 +897,114 @@ mod tests {
         assert_eq!(col::<StringViewArray>(&out.events, "ph").value(0), "X");
         let e = read_kineto(br#"{"traceEvents": []} x"#, "h.json", false).unwrap_err();
         assert!(e.0.contains("h.json"), "{e}");
+    }
+
+    /// What a read gives, to compare two reads.
+    fn dump(out: &KinetoColumns) -> (RecordBatch, Option<String>, Option<String>, u64) {
+        (
+            out.events.clone(),
+            out.display_time_unit.clone(),
+            out.distributed_info.clone(),
+            out.non_objects,
+        )
+    }
+
+    const SAMPLE: &[u8] = br#"  {"deviceProperties": [{"name": "A100 \"x\" ]}"}], "displayTimeUnit": "ms",
+      "traceEvents": [ {"ph": "X", "cat": "kernel", "name": "k\\\"]}{[", "pid": 0, "tid": 7,
+        "ts": 10.5, "dur": 2, "args": {"correlation": 5, "stream": 7, "note": "a]\"}"}} ,
+        [1, {"x": "]"}], "}", 17, null, true,
+        {"ph": "i", "name": "\u00e9\ud83d\ude00", "ts": "3", "args": {"Input Dims": [[1]]}}
+      ] , "traceName": "x", "distributedInfo": {"rank": 1, "pg": "[0]"} }  "#;
+
+    #[test]
+    fn any_block_size_reads_the_same() {
+        let whole = read_kineto(SAMPLE, "s.json", true).expect("reads");
+        assert_eq!(whole.events.num_rows(), 2);
+        let expect = dump(&whole);
+        for cap in [1, 2, 3, 5, 7, 16, 64] {
+            let r = io::BufReader::with_capacity(cap, SAMPLE);
+            let got = read_stream(r, "s.json", true, "cannot read").expect("reads");
+            assert_eq!(dump(&got), expect, "block of {cap} bytes");
+        }
+    }
+
+    #[test]
+    fn files_plain_and_gzip() {
+        use std::io::Write;
+        let dir = std::env::temp_dir().join(format!("tracesim-kineto-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("tmp dir");
+        let plain = dir.join("t.json");
+        std::fs::write(&plain, SAMPLE).expect("write");
+        let mut enc = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+        enc.write_all(SAMPLE).expect("gzip");
+        let gz_bytes = enc.finish().expect("gzip");
+        let gz = dir.join("t.json.gz");
+        std::fs::write(&gz, &gz_bytes).expect("write");
+        let a = read_kineto_file(&plain, true).expect("plain");
+        let b = read_kineto_file(&gz, true).expect("gzip");
+        assert_eq!(dump(&a), dump(&b));
+        // cut short: the gzip stream's error, naming the file
+        let cut = dir.join("cut.json.gz");
+        std::fs::write(&cut, &gz_bytes[..gz_bytes.len() - 8]).expect("write");
+        let e = read_kineto_file(&cut, false).unwrap_err();
+        assert!(e.0.contains("cut.json.gz: not a readable gzip file"), "{e}");
+        let bad = dir.join("bad.json.gz");
+        std::fs::write(&bad, b"\x1f\x8b\x08\x00garbage-garbage-garbage").expect("write");
+        let e = read_kineto_file(&bad, false).unwrap_err();
+        assert!(e.0.contains("bad.json.gz: not a readable gzip file"), "{e}");
+        let e = read_kineto_file(&dir.join("missing.json"), false).unwrap_err();
+        assert!(e.0.ends_with("missing.json: no such file"), "{e}");
+        let trunc = dir.join("trunc.json");
+        std::fs::write(&trunc, &SAMPLE[..SAMPLE.len() / 2]).expect("write");
+        let e = read_kineto_file(&trunc, false).unwrap_err();
+        assert!(e.0.contains("trunc.json: not valid JSON: EOF"), "{e}");
+        std::fs::remove_dir_all(&dir).ok();
+    }
+
+    #[test]
+    fn structure_errors() {
+        for (text, what) in [
+            (
+                &br#"{"traceEvents": [{"ph": "X"} {"ph": "X"}]}"#[..],
+                "expected ',' or ']'",
+            ),
+            (br#"{"traceEvents": [{"ph": "X"},]}"#, "traceEvents[1]"),
+            (br#"{"a": 1 "traceEvents": []}"#, "expected ',' or '}'"),
+            (br#"{1: 2}"#, "key must be a string"),
+            (br#"{"traceEvents" []}"#, "expected ':'"),
+            (br#"{"traceEvents": [{"ph": "X"}"#, "EOF"),
+            (br#"{"x": [1, }"#, "in the value from byte 6"),
+            (b"", "EOF"),
+        ] {
+            let e = read_kineto(text, "x.json", false).unwrap_err();
+            assert!(e.0.starts_with("x.json: not valid JSON"), "{e}");
+            assert!(e.0.contains(what), "{e} (wanted {what})");
+        }
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(300))]
+        /// Any bytes, and any cut or change of a valid trace: an error or columns, never a panic;
+        /// and the same answer whatever the block size.
+        #[test]
+        fn never_panics(
+            bytes in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..200),
+            cut in 0usize..SAMPLE.len(),
+            at in 0usize..SAMPLE.len(),
+            byte in proptest::prelude::any::<u8>(),
+            cap in 1usize..32,
+        ) {
+            let mut changed = SAMPLE.to_vec();
+            changed[at] = byte;
+            for text in [&bytes[..], &SAMPLE[..cut], &changed[..]] {
+                let whole = read_kineto(text, "f.json", false);
+                let blocks = read_stream(io::BufReader::with_capacity(cap, text), "f.json", false, "cannot read");
+                match (whole, blocks) {
+                    (Ok(a), Ok(b)) => proptest::prop_assert_eq!(dump(&a), dump(&b)),
+                    (Err(a), Err(b)) => proptest::prop_assert_eq!(a, b),
+                    (a, b) => proptest::prop_assert!(false, "{:?} vs {:?}", a.is_ok(), b.is_ok()),
+                }
+            }
+        }
     }
 }

@@ -1,3 +1,4 @@
+import os
 from typing import Any
 
 import pyarrow as pa
@@ -9,7 +10,7 @@ __all__ = [
     "TracesimError",
     "__version__",
     "op_times",
-    "read_kineto_json",
+    "read_kineto_file",
     "simulate",
     "validate",
 ]
@@ -34,9 +35,9 @@ def simulate(
     network: str,
     allow_oom: bool,
 ) -> tuple[pa.RecordBatch, pa.RecordBatch, pa.RecordBatch, str, str, str]: ...
-def read_kineto_json(
-    data: bytes, path: str, keep_args: bool = False
-) -> tuple[pa.RecordBatch, str | None, str | None]: ...
+def read_kineto_file(
+    path: str | os.PathLike[str], keep_args: bool = False
+) -> tuple[pa.RecordBatch, str | None, str | None, int]: ...
 def op_times(
     ops: Any, system_json: str, source_system_json: str | None, compute_model: str
 ) -> pa.RecordBatch: ...

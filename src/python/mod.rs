@@ -261,7 +261,7 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(validate, m)?)?;
     m.add_function(wrap_pyfunction!(simulate, m)?)?;
     m.add_function(wrap_pyfunction!(op_times, m)?)?;
-    m.add_function(wrap_pyfunction!(kineto::read_kineto_json, m)?)?;
+    m.add_function(wrap_pyfunction!(kineto::read_kineto_file, m)?)?;
     errors::register(m)?;
     m.add("__version__", env!("CARGO_PKG_VERSION"))?;
     Ok(())

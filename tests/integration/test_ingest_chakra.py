@@ -176,6 +176,11 @@ def test_bad_input_names_file_and_offset(tmp_path: Path) -> None:
     (tmp_path / "bad.0.et").write_bytes(gzip.compress(ok)[:-8])
     with pytest.raises(TraceError, match="gzip"):
         ingest_chakra([tmp_path / "bad.0.et"])
+    flipped = bytearray(gzip.compress(ok, mtime=0))
+    flipped[11] ^= 0xFF  # inside the deflate stream: zlib's own error
+    (tmp_path / "flipped.0.et").write_bytes(bytes(flipped))
+    with pytest.raises(TraceError, match=r"flipped\.0\.et: not a readable gzip file"):
+        ingest_chakra([tmp_path / "flipped.0.et"])
     r = run_cli("ingest", "chakra", tmp_path / "garbage.0.et", "--out", tmp_path / "o")
     assert r.returncode == 1 and "garbage.0.et: byte offset" in r.stderr
 
