@@ -10,6 +10,7 @@ mod bulk;
 pub mod engine;
 pub mod error;
 pub mod graph;
+pub mod kineto_classes;
 pub mod kineto_json;
 pub mod memory;
 pub mod model;

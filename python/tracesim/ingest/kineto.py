@@ -217,41 +217,6 @@ class _OpCols:
         return self.start[key] + self.dur[key]
 
 
-# Columns of some events only, read by the classes that have them: kept as the reader's arrays
-# beside the polars frame (which would hold 16 bytes an event of each) and taken per class.
-_SIDE = ("correlation", "stream", "args")
-
-
-def _read_events(
-    path: Path, keep_args: bool
-) -> tuple[pl.DataFrame, dict[str, pa.Array], str | None, Any, int]:
-    """The events of a Kineto file as columns (`tracesim._core.read_kineto_file`; the `_SIDE`
-    ones apart), its `displayTimeUnit`, its `distributedInfo` and the number of `traceEvents`
-    elements that are not objects. Times are exact integers:
-    `ts_us`/`dur_us` are the values × 1000 (µs → ns), `ts_ns`/`dur_ns` the values as written
-    (rounded half-even)."""
-    batch, unit, dist, non_objects = read_kineto_file(path, keep_args)
-    side = {c: batch.column(c) for c in _SIDE}
-    df = pl.DataFrame(batch.drop_columns(list(_SIDE)))
-    del batch
-    info = None
-    if dist is not None:
-        info = json.loads(dist, parse_float=str)
-    return df, side, unit, info, non_objects
-
-
-def _time_unit(display: str | None, events: pl.DataFrame, override: TimeUnit) -> str:
-    if override != "auto":
-        return override
-    if display != "ns":
-        return "us"
-    # Kineto writes microseconds with decimals even when it displays nanoseconds.
-    x = events.filter(pl.col("ph") == "X")
-    if x.select((pl.col("ts_text") | pl.col("dur_text")).any()).item():
-        return "us"
-    return "ns"
-
-
 def _is_nccl(name: str, cat: str) -> bool:
     return name.startswith(("ncclKernel", "ncclDevKernel")) or "nccl" in cat
 
@@ -309,39 +274,6 @@ def _interned(s: pl.Series) -> list[Any]:
     return list(map(words.__getitem__, arr.indices.to_pylist()))
 
 
-def _part(df: pl.DataFrame, side: dict[str, pa.Array], cond: pl.Expr, *cols: str) -> pl.DataFrame:
-    """The rows of `df` where `cond` holds, with only `cols` (the others are not copied). Strings
-    are copied into buffers of their own: a filtered string column would otherwise keep all of
-    the column it came from (its views and the reader's buffers) alive."""
-    own = [
-        (pl.col(c).cast(pl.Categorical) if c in _REPEATED else pl.concat_str(c, pl.lit("")).alias(c))
-        if df.schema[c] == pl.String
-        else pl.col(c)
-        for c in cols
-        if c not in side
-    ]
-    out = df.lazy().filter(cond).select(own).collect()
-    if any(c in side for c in cols):
-        mask = df.select(cond).to_series().to_arrow()
-        for c in cols:
-            if c in side:
-                v = pl.Series(c, pc.filter(side[c], mask))
-                out = out.with_columns(v.cast(pl.Categorical) if c in _REPEATED else v)
-    return out
-
-
-# String columns with few distinct values: categorical in the per-class frames (each value once).
-_REPEATED = {"ph", "name", "cat", "pid", "tid", "stream", "shapes"}
-
-
-def _is_nccl_expr(name: pl.Expr, lc: pl.Expr) -> pl.Expr:
-    return (
-        name.str.starts_with("ncclKernel")
-        | name.str.starts_with("ncclDevKernel")
-        | lc.str.contains("nccl", literal=True)
-    )
-
-
 class _File:
     """One Kineto file, read into columns (`read_kineto_file`) and split by class: only the
     events the ingester maps (GPU ops, runtime calls, recorded CPU ops, record_param_comms,
@@ -351,9 +283,9 @@ class _File:
         self, path: Path, order: int, time_unit: TimeUnit, report: IngestReport, keep_cpu: bool = False
     ) -> None:
         self.path = path
-        df, side, display, dist, non_objects = _read_events(path, keep_cpu)
-        self.unit = _time_unit(display, df, time_unit)
-        sfx = "us" if self.unit == "us" else "ns"
+        unit, parts, unmapped, dist_text = read_kineto_file(path, time_unit, keep_cpu)
+        self.unit: str = unit
+        dist = json.loads(dist_text, parse_float=str) if dist_text is not None else None
         dist = dist if isinstance(dist, dict) else {}
         rank = dist.get("rank")
         self.source_rank: int = rank if isinstance(rank, int) and not isinstance(rank, bool) else order
@@ -372,96 +304,15 @@ class _File:
         self.cpu_ops: list[_Ev] = []  # CPU operators with recorded shapes, for costs
         self.cpu_all: list[_Ev] = []  # every CPU operator and annotation (only with keep_cpu)
         self.steps: list[tuple[int, int, int]] = []  # (start, end, N)
-        self.unmapped: Counter[str] = Counter()
-        if non_objects:
-            self.unmapped["traceEvents element that is not an object"] = non_objects
-
-        ph, cat, name = pl.col("ph"), pl.col("cat"), pl.col("name")
-        ts, dur = pl.col(f"ts_{sfx}"), pl.col(f"dur_{sfx}")
-        lc = cat.str.to_lowercase()
-        # One class column per stage (expressions reused across stages are evaluated once).
-        df = df.with_columns(
-            ts.alias("ts"),
-            dur.clip(lower_bound=0).alias("dur"),
-            lc.alias("lc"),
-            (ph == "X").alias("is_x"),
-            ph.is_in(list(FLOW_PHASES)).alias("is_flow"),
-            name.str.extract(r"^ProfilerStep#(\d+)$", 1).alias("step_n"),
-        )
-        lc, is_x, is_flow = pl.col("lc"), pl.col("is_x"), pl.col("is_flow")
-        ts, dur = pl.col("ts"), pl.col("dur")
-        timed = is_x & ts.is_not_null() & dur.is_not_null()
-        gpu_cats = [*GPU_KERNEL_CATS, *GPU_MEMORY_CATS]
-        rt_cats = list(RUNTIME_CATS)
-        is_gpu = timed & (lc.is_in(gpu_cats) | (_is_nccl_expr(name, lc) & ~lc.is_in(rt_cats)))
-        is_rt = timed & ~is_gpu & lc.is_in(rt_cats)
-        df = df.with_columns(timed.alias("timed"), is_gpu.alias("is_gpu"), is_rt.alias("is_rt"))
-        timed, is_gpu, is_rt = pl.col("timed"), pl.col("is_gpu"), pl.col("is_rt")
-        other = timed & ~is_gpu & ~is_rt
-        is_step = other & pl.col("step_n").is_not_null() & ~lc.str.starts_with("gpu_")
-        is_comms = other & ~is_step & (name == "record_param_comms")
-        is_cpu_op = lc.is_in(list(CPU_OP_CATS))
-        keep_all = other & pl.lit(keep_cpu) & (is_cpu_op | (lc == "user_annotation"))
-        df = df.with_columns(
-            other.alias("other"),
-            is_step.alias("is_step"),
-            is_comms.alias("is_comms"),
-            keep_all.alias("keep_all"),
-        )
-        other, is_step, is_comms = pl.col("other"), pl.col("is_step"), pl.col("is_comms")
-        is_recorded = other & ~is_step & ~is_comms & is_cpu_op & pl.col("has_dims")
-        df = df.with_columns(
-            pl.when(is_gpu)
-            .then(pl.lit(1, dtype=pl.Int8))
-            .when(is_rt)
-            .then(pl.lit(2, dtype=pl.Int8))
-            .when(is_comms)
-            .then(pl.lit(3, dtype=pl.Int8))
-            .when(is_recorded)
-            .then(pl.lit(4, dtype=pl.Int8))
-            .when(is_step)
-            .then(pl.lit(5, dtype=pl.Int8))
-            .when(is_flow & ts.is_not_null() & pl.col("id").is_not_null())
-            .then(pl.lit(6, dtype=pl.Int8))
-            .otherwise(pl.lit(0, dtype=pl.Int8))
-            .alias("kind"),
-        )
         # Events not mapped, counted by class (in order of first appearance, as the report lists
-        # ties): grouped on the few columns the class depends on, then named per group.
-        keys = ["ph", "cat", "is_flow", "is_x", "timed", "is_step", "is_comms"]
-        counts = (
-            df.select(*keys, mapped=is_gpu | is_rt)
-            .filter(~pl.col("mapped"))
-            .group_by(keys, maintain_order=True)
-            .len()
-        )
-        for g_ph, g_cat, g_flow, g_x, g_timed, g_step, g_comms, n in counts.iter_rows():
-            c_or = g_cat or "no cat"
-            if g_flow:
-                key = f"flow event ({c_or})"
-            elif not g_x:
-                key = "metadata event (ph M)" if g_ph == "M" else f"ph {g_ph} event ({c_or})"
-            elif not g_timed:
-                key = f"{c_or} (no ts/dur)"
-            elif g_step:
-                key = f"{g_cat} ProfilerStep (→ iteration column)"
-            elif g_comms:
-                key = f"{g_cat} record_param_comms (→ collective metadata)"
-            else:
-                key = c_or
-            self.unmapped[key] += n
-        del counts  # its keys are views into the reader's columns: it would keep them all alive
+        # ties).
+        self.unmapped: Counter[str] = Counter(dict(unmapped))
 
-        # Only the columns used from here on (the class columns and raw times are freed); each
-        # class is then copied out on its own with only its columns (`_part`), and the whole
-        # columns are freed before the Python objects are made.
-        df = df.select(
-            "kind", "keep_all", "ts", "dur", "name", "cat", "pid", "tid", "ph", "id",
-            "bytes", "shapes", "step_n",
-        )  # fmt: skip
-        kind = pl.col("kind")
+        def part(name: str) -> pl.DataFrame:
+            df = pl.from_arrow(parts.pop(name))
+            assert isinstance(df, pl.DataFrame)
+            return df
 
-        ev_cols = ("ts", "dur", "name", "cat", "pid", "tid")
         threads: dict[tuple[str, str], tuple[str, str]] = {}
 
         def evs(sub: pl.DataFrame, args: list[dict[str, Any]] | None = None) -> list[_Ev]:
@@ -478,37 +329,13 @@ class _File:
                 )
             ]
 
-        rt = _part(df, side, kind == 2, *ev_cols, "correlation")
-        gpu = _part(df, side, kind == 1, *ev_cols, "args", "correlation", "stream", "bytes")
-        comms = _part(df, side, kind == 3, *ev_cols, "args")
-        rec = _part(df, side, kind == 4, *ev_cols, "args" if keep_cpu else "shapes")
-        steps = _part(df, side, kind == 5, "ts", "dur", "step_n")
-        cpu_all = _part(df, side, pl.col("keep_all"), *ev_cols, "args") if keep_cpu else None
-        flows = _part(df, side, kind == 6, "cat", "id", "ph", "pid", "tid", "ts")
-        del df, side
+        rt, gpu, comms, rec, steps = map(part, ("runtime", "gpu", "comms", "recorded", "steps"))
+        cpu_all = part("cpu_all") if keep_cpu else None
 
         # GPU ops and runtime calls: the args they use as lists beside them; `args` itself only
-        # for NCCL kernels with collective metadata (others share one empty dict). Launches are
-        # matched to GPU ops by correlation id here (the last call of an id wins), else by flow
-        # events (`_flow_launches`).
-        by_corr = (
-            rt.select("correlation")
-            .with_row_index("i")
-            .filter(pl.col("correlation").is_not_null())
-            .group_by("correlation")
-            .agg(pl.col("i").last())
-        )
-        self.gpu_launch: list[int | None] = (
-            gpu.select("correlation")
-            .join(by_corr, on="correlation", how="left", maintain_order="left")["i"]
-            .to_list()
-        )
-        del by_corr
-        if flows.height and None in self.gpu_launch:
-            for j, i in _flow_launches(flows, rt, gpu).items():
-                if self.gpu_launch[j] is None:
-                    self.gpu_launch[j] = i
-        del flows
+        # for NCCL kernels with collective metadata (others share one empty dict). `launch`: the
+        # row of the runtime call that launched a GPU op (by correlation id, else flow events).
+        self.gpu_launch: list[int | None] = gpu["launch"].to_list()
         self.runtime = evs(rt, [_NO_ARGS] * rt.height)
         del rt
         self.gpu = evs(gpu, [_args(a) if a is not None else _NO_ARGS for a in gpu["args"].to_list()])
@@ -545,38 +372,6 @@ class _File:
             by_key = {(e.ts, e.end, e.name, e.thread): e for e in (*self.comms_ops, *self.cpu_ops)}
             self.cpu_all = [by_key.get((e.ts, e.end, e.name, e.thread), e) for e in self.cpu_all]
         self.steps.sort()
-
-
-def _flow_launches(flows: pl.DataFrame, rt: pl.DataFrame, gpu: pl.DataFrame) -> dict[int, int]:
-    """GPU op row → runtime call row through `s`/`f` flow events: per (cat, id) the last `s` and
-    the last `f`; the call (GPU op) at an end is the last one at that (pid, tid, ts); a GPU op
-    that several flows reach takes the flow whose (cat, id) came first in the file."""
-    key = ["cat", "id"]
-    fl = flows.with_columns(pl.col("cat", "ph", "pid", "tid").cast(pl.String)).with_row_index("row")
-    first = fl.group_by(key).agg(pl.col("row").min().alias("first"))
-
-    def ends(ph: str) -> pl.DataFrame:
-        sel = fl.filter(pl.col("ph") == ph)
-        return sel.group_by(key).agg(pl.col("pid", "tid", "ts").last().name.suffix(ph))
-
-    def at(frame: pl.DataFrame, idx: str) -> pl.DataFrame:
-        return (
-            frame.select(pl.col("pid", "tid").cast(pl.String), "ts")
-            .with_row_index(idx)
-            .group_by("pid", "tid", "ts")
-            .agg(pl.col(idx).last())
-        )
-
-    pairs = (
-        ends("s")
-        .join(ends("f"), on=key)
-        .join(first, on=key)
-        .join(at(rt, "i"), left_on=["pids", "tids", "tss"], right_on=["pid", "tid", "ts"])
-        .join(at(gpu, "j"), left_on=["pidf", "tidf", "tsf"], right_on=["pid", "tid", "ts"])
-        .sort("first")
-        .unique("j", keep="first", maintain_order=True)
-    )
-    return dict(zip(pairs["j"].to_list(), pairs["i"].to_list(), strict=True))
 
 
 def _launchers(f: _File) -> dict[int, int]:
