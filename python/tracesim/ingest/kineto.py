@@ -777,6 +777,8 @@ def _graph_node_waits(
     the measured gap, anchored to what the node visibly waited for.
     """
     out: list[tuple[_Op, int, int]] = []
+    if not graph_launches:
+        return out
     prev: dict[int, _Op] = {}  # stream → its last op so far
     reach: dict[int, _Op] = {}  # graph launch key → its node that ended last so far
     for op in sorted(gpu_ops, key=lambda o: (o.start, o.key)):
