@@ -11,6 +11,8 @@ memory the ingest of this file costs.
 
     python benches/ingest_speed.py                       # the 4 largest real traces
     python benches/ingest_speed.py FILE.json[.gz] ...     # e.g. benches/gen_kineto.py output
+    python benches/ingest_speed.py R0.json+R1.json+...    # the rank files of one job, ingested together
+    python benches/ingest_speed.py --pytorch-et ET.json ...  # PyTorch execution traces (ingest_pytorch_et)
 """
 
 from __future__ import annotations
@@ -33,7 +35,7 @@ CHILD = r"""
 import json, resource, sys, tempfile, time
 from pathlib import Path
 import tracesim
-from tracesim.ingest import ingest_kineto
+from tracesim.ingest import ingest_kineto, ingest_pytorch_et
 
 def rss():
     with open("/proc/self/status") as f:
@@ -53,7 +55,8 @@ tiny.write_text(json.dumps({"traceEvents": [
 ingest_kineto([tiny])
 before = rss()
 t0 = time.perf_counter()
-trace, report = ingest_kineto([sys.argv[1]])
+ingest = ingest_pytorch_et if sys.argv[1] == "pytorch-et" else ingest_kineto
+trace, report = ingest(sys.argv[2:])
 dt = time.perf_counter() - t0
 peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
 print(json.dumps({"s": dt, "peak": peak, "imported": imported, "before": before, "ops": trace.ops.num_rows}))
@@ -73,21 +76,25 @@ def json_size(path: Path) -> int:
 
 
 def main(argv: list[str]) -> None:
-    paths = [Path(a) for a in argv] or [DATA / p for p in LARGEST]
+    fmt = "kineto"
+    if argv and argv[0] == "--pytorch-et":
+        fmt, argv = "pytorch-et", argv[1:]
+    jobs = [[Path(p) for p in a.split("+")] for a in argv] or [[DATA / p] for p in LARGEST]
     head = f"{'file':<48} {'JSON MB':>8} {'ops':>9} {'s':>7} {'MB/s':>6}"
     print(f"{head} {'peak/JSON':>9} {'(peak-imports)/JSON':>19} {'(peak-warm)/JSON':>16}")
-    for p in paths:
-        size = json_size(p)
+    for job in jobs:
+        size = sum(map(json_size, job))
+        label = job[0].name if len(job) == 1 else f"{job[0].name} + {len(job) - 1} more ranks"
         out = subprocess.run(
-            [sys.executable, "-c", CHILD, str(p)], capture_output=True, text=True, check=False
+            [sys.executable, "-c", CHILD, fmt, *map(str, job)], capture_output=True, text=True, check=False
         )
         if out.returncode != 0:
-            print(f"{p.name[-48:]:<48} failed: {out.stderr.strip().splitlines()[-1:]}")
+            print(f"{label[-48:]:<48} failed: {out.stderr.strip().splitlines()[-1:]}")
             continue
         r = json.loads(out.stdout.strip().splitlines()[-1])
         mb = size / 1e6
         print(
-            f"{p.name[-48:]:<48} {mb:8.1f} {r['ops']:9,} {r['s']:7.2f} {mb / r['s']:6.1f} "
+            f"{label[-48:]:<48} {mb:8.1f} {r['ops']:9,} {r['s']:7.2f} {mb / r['s']:6.1f} "
             f"{r['peak'] / size:9.2f} {(r['peak'] - r['imported']) / size:19.2f} "
             f"{(r['peak'] - r['before']) / size:16.2f}"
         )

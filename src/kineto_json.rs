@@ -12,18 +12,18 @@
 
 use std::borrow::Cow;
 use std::fmt;
-use std::fs::File;
-use std::io::{self, BufRead, BufReader};
+use std::io::BufRead;
 use std::path::Path;
 use std::sync::Arc;
 
 use arrow_array::builder::{BooleanBuilder, Int64Builder, StringBuilder, StringViewBuilder};
 use arrow_array::{ArrayRef, RecordBatch};
 use arrow_schema::{DataType, Field, Schema};
-use flate2::bufread::MultiGzDecoder;
 use serde::de::{Deserializer, IgnoredAny, MapAccess, SeqAccess, Visitor};
 use serde::Deserialize;
 use serde_json::value::RawValue;
+
+use crate::json_stream::{json_error, open, ScanError, Scanner};
 
 /// Malformed input; the message names the file and what is wrong.
 #[derive(Debug, thiserror::Error, PartialEq)]
@@ -97,33 +97,14 @@ pub fn schema() -> Schema {
 /// Reads a Kineto trace file, plain or gzip (by its magic bytes), streaming.
 pub fn read_kineto_file(path: &Path, keep_args: bool) -> Result<KinetoColumns, KinetoJsonError> {
     let name = path.display().to_string();
-    let file = File::open(path).map_err(|e| {
-        KinetoJsonError(if e.kind() == io::ErrorKind::NotFound {
-            format!("{name}: no such file")
-        } else {
-            format!("{name}: cannot read: {e}")
-        })
-    })?;
-    let mut raw = BufReader::with_capacity(BLOCK, file);
-    let gz = raw
-        .fill_buf()
-        .map_err(|e| KinetoJsonError(format!("{name}: cannot read: {e}")))?
-        .starts_with(&[0x1f, 0x8b]);
-    if gz {
-        let inner = BufReader::with_capacity(BLOCK, MultiGzDecoder::new(raw));
-        read_stream(inner, &name, keep_args, "not a readable gzip file")
-    } else {
-        read_stream(raw, &name, keep_args, "cannot read")
-    }
+    let (reader, io_what) = open(path).map_err(KinetoJsonError)?;
+    read_stream(reader, &name, keep_args, io_what)
 }
 
 /// Reads a Kineto trace's JSON text. `path` only names the file in errors.
 pub fn read_kineto(text: &[u8], path: &str, keep_args: bool) -> Result<KinetoColumns, KinetoJsonError> {
     read_stream(text, path, keep_args, "cannot read")
 }
-
-/// The read block: large enough that per-block costs vanish, small beside any trace.
-const BLOCK: usize = 1 << 20;
 
 /// `io_what`: how a read error is described (a gzip stream's errors are its corruption).
 fn read_stream<R: BufRead>(
@@ -157,136 +138,6 @@ fn read_stream<R: BufRead>(
 
 // ---------------------------------------------------------------------------------------------
 // Streaming: the top level and `traceEvents` by hand, each value they hold by serde_json.
-
-enum ScanError {
-    Io(io::Error),
-    Json(String),
-}
-
-impl From<io::Error> for ScanError {
-    fn from(e: io::Error) -> Self {
-        ScanError::Io(e)
-    }
-}
-
-/// Cuts a JSON text into values without parsing them: tracks strings (with escapes) and nesting
-/// only. Whatever it cuts is then parsed by serde_json, which finds every error it lets through.
-struct Scanner<R> {
-    r: R,
-    /// Bytes consumed so far (of the decompressed text), for error positions.
-    offset: u64,
-}
-
-impl<R: BufRead> Scanner<R> {
-    fn new(r: R) -> Self {
-        Scanner { r, offset: 0 }
-    }
-
-    fn consume(&mut self, n: usize) {
-        self.r.consume(n);
-        self.offset += n as u64;
-    }
-
-    /// Skips whitespace; the next byte, not consumed (None at the end).
-    fn peek(&mut self) -> Result<Option<u8>, ScanError> {
-        loop {
-            let buf = self.r.fill_buf()?;
-            if buf.is_empty() {
-                return Ok(None);
-            }
-            match buf.iter().position(|b| !b.is_ascii_whitespace()) {
-                Some(i) => {
-                    let c = buf[i];
-                    self.consume(i);
-                    return Ok(Some(c));
-                }
-                None => {
-                    let n = buf.len();
-                    self.consume(n);
-                }
-            }
-        }
-    }
-
-    fn error(&self, what: &str) -> ScanError {
-        ScanError::Json(format!("{what} at byte {}", self.offset))
-    }
-
-    /// Consumes `c` (after whitespace) or fails with `what`.
-    fn expect(&mut self, c: u8, what: &str) -> Result<(), ScanError> {
-        match self.peek()? {
-            Some(b) if b == c => {
-                self.consume(1);
-                Ok(())
-            }
-            Some(_) => Err(self.error(what)),
-            None => Err(self.error("EOF while parsing")),
-        }
-    }
-
-    /// Copies the next JSON value's bytes into `out` (cleared first): an object or list to its
-    /// closing bracket, a string to its closing quote, anything else up to a delimiter. Gives the
-    /// offset it starts at.
-    fn value(&mut self, out: &mut Vec<u8>) -> Result<u64, ScanError> {
-        out.clear();
-        let Some(first) = self.peek()? else {
-            return Err(self.error("EOF while parsing a value"));
-        };
-        let start = self.offset;
-        let scalar = !matches!(first, b'{' | b'[' | b'"');
-        let (mut depth, mut in_str, mut esc) = (0u32, false, false);
-        loop {
-            let buf = self.r.fill_buf()?;
-            if buf.is_empty() {
-                return if scalar {
-                    Ok(start)
-                } else {
-                    Err(self.error("EOF while parsing a value"))
-                };
-            }
-            let mut end = None;
-            for (i, &b) in buf.iter().enumerate() {
-                if scalar {
-                    if matches!(b, b',' | b']' | b'}') || b.is_ascii_whitespace() {
-                        end = Some(i);
-                        break;
-                    }
-                } else if in_str {
-                    if esc {
-                        esc = false;
-                    } else if b == b'\\' {
-                        esc = true;
-                    } else if b == b'"' {
-                        in_str = false;
-                        if depth == 0 {
-                            end = Some(i + 1);
-                            break;
-                        }
-                    }
-                } else {
-                    match b {
-                        b'"' => in_str = true,
-                        b'{' | b'[' => depth += 1,
-                        b'}' | b']' => {
-                            depth = depth.saturating_sub(1);
-                            if depth == 0 {
-                                end = Some(i + 1);
-                                break;
-                            }
-                        }
-                        _ => {}
-                    }
-                }
-            }
-            let take = end.unwrap_or(buf.len());
-            out.extend_from_slice(&buf[..take]);
-            self.consume(take);
-            if end.is_some() {
-                return Ok(start);
-            }
-        }
-    }
-}
 
 #[derive(Default)]
 struct Top {
@@ -348,11 +199,6 @@ fn read_top<R: BufRead>(scan: &mut Scanner<R>, cols: &mut Builders) -> Result<To
         return Err(scan.error("trailing characters"));
     }
     Ok(top)
-}
-
-/// A serde_json error in a value that started at byte `at`.
-fn json_error(e: &serde_json::Error, at: u64) -> ScanError {
-    ScanError::Json(format!("{e} (in the value from byte {at})"))
 }
 
 /// `traceEvents`, from its `[`: each object element becomes a row, other elements are skipped.
@@ -922,7 +768,7 @@ mod tests {
         assert_eq!(whole.events.num_rows(), 2);
         let expect = dump(&whole);
         for cap in [1, 2, 3, 5, 7, 16, 64] {
-            let r = io::BufReader::with_capacity(cap, SAMPLE);
+            let r = std::io::BufReader::with_capacity(cap, SAMPLE);
             let got = read_stream(r, "s.json", true, "cannot read").expect("reads");
             assert_eq!(dump(&got), expect, "block of {cap} bytes");
         }
@@ -998,7 +844,7 @@ mod tests {
             changed[at] = byte;
             for text in [&bytes[..], &SAMPLE[..cut], &changed[..]] {
                 let whole = read_kineto(text, "f.json", false);
-                let blocks = read_stream(io::BufReader::with_capacity(cap, text), "f.json", false, "cannot read");
+                let blocks = read_stream(std::io::BufReader::with_capacity(cap, text), "f.json", false, "cannot read");
                 match (whole, blocks) {
                     (Ok(a), Ok(b)) => proptest::prop_assert_eq!(dump(&a), dump(&b)),
                     (Err(a), Err(b)) => proptest::prop_assert_eq!(a, b),

@@ -10,6 +10,7 @@ mod bulk;
 pub mod engine;
 pub mod error;
 pub mod graph;
+pub mod json_stream;
 pub mod kineto_classes;
 pub mod kineto_json;
 pub mod memory;

@@ -1,9 +1,10 @@
 import os
-from typing import Any
+from typing import Any, final
 
 import pyarrow as pa
 
 __all__ = [
+    "JsonListReader",
     "SimulationError",
     "SystemConfigError",
     "TraceError",
@@ -38,6 +39,18 @@ def simulate(
 def read_kineto_file(
     path: str | os.PathLike[str], time_unit: str = "auto", keep_cpu: bool = False
 ) -> tuple[str, dict[str, pa.RecordBatch], list[tuple[str, int]], str | None]: ...
+
+@final
+class JsonListReader:
+    def __new__(cls, path: str | os.PathLike[str], keys: list[str]) -> JsonListReader: ...
+    def __iter__(self) -> JsonListReader: ...
+    def __next__(self) -> str: ...
+    @property
+    def key(self) -> str | None: ...
+    @property
+    def is_object(self) -> bool: ...
+    def header(self) -> list[tuple[str, str]]: ...
+
 def op_times(
     ops: Any, system_json: str, source_system_json: str | None, compute_model: str
 ) -> pa.RecordBatch: ...

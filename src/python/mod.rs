@@ -262,6 +262,7 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(simulate, m)?)?;
     m.add_function(wrap_pyfunction!(op_times, m)?)?;
     m.add_function(wrap_pyfunction!(kineto::read_kineto_file, m)?)?;
+    m.add_class::<kineto::JsonListReader>()?;
     errors::register(m)?;
     m.add("__version__", env!("CARGO_PKG_VERSION"))?;
     Ok(())

@@ -6,6 +6,7 @@ files under ../shared/data (node counts from SOURCES.md, protobuf vs JSON render
 from __future__ import annotations
 
 import gzip
+import json
 import tarfile
 from collections import Counter
 from pathlib import Path
@@ -183,6 +184,39 @@ def test_bad_input_names_file_and_offset(tmp_path: Path) -> None:
         ingest_chakra([tmp_path / "flipped.0.et"])
     r = run_cli("ingest", "chakra", tmp_path / "garbage.0.et", "--out", tmp_path / "o")
     assert r.returncode == 1 and "garbage.0.et: byte offset" in r.stderr
+
+
+def test_pytorch_et_json_is_streamed(tmp_path: Path) -> None:
+    """PyTorch ET JSON is read node by node: the header may follow the nodes, a node is kept
+    only as far as the ingester reads it, and a bad node or a cut file names the file."""
+    nodes = [
+        {"id": 1, "name": "[pytorch|profiler|execution_trace|process]", "ctrl_deps": 0},
+        {"id": 2, "name": "[pytorch|profiler|execution_trace|thread]", "ctrl_deps": 1,
+         "attrs": [{"name": "tid", "type": "uint64", "value": 3}]},
+        {"id": 3, "name": "aten::mm", "ctrl_deps": 2, "inputs": {"values": [[1, 2, 0, 4, 4, "cuda:0"]]},
+         "attrs": [{"name": "rf_id", "type": "uint64", "value": 9}, {"name": "big", "value": "x" * 1000}]},
+        {"id": 4, "name": "aten::add", "ctrl_deps": 2},
+    ]  # fmt: skip
+    text = json.dumps({"schema": "1.1.0", "nodes": nodes, "finish_ts": 5})
+    plain = tmp_path / "s_et.json"
+    plain.write_text(text)
+    zipped = tmp_path / "z_et.json.gz"
+    zipped.write_bytes(gzip.compress(text.encode()))
+    for f in (plain, zipped):
+        trace, rep = ingest_pytorch_et([f])
+        assert trace.num_ops == 2 and rep.nodes == 4
+    cut = tmp_path / "cut_et.json"
+    cut.write_text(text[: len(text) // 2])
+    with pytest.raises(TraceError, match=r"cut_et\.json: not valid JSON: EOF"):
+        ingest_pytorch_et([cut])
+    bad = tmp_path / "bad_et.json"
+    bad.write_text(text.replace('"name": "aten::add"', '"name": aten::add'))
+    with pytest.raises(TraceError, match=r"bad_et\.json: not valid JSON: nodes\[3\]"):
+        ingest_pytorch_et([bad])
+    neither = tmp_path / "neither.json"
+    neither.write_text('{"schema": "1.1.0", "events": []}')
+    with pytest.raises(TraceError, match="neither Chakra"):
+        ingest_chakra([neither])
 
 
 # --- real traces -------------------------------------------------------------------------------

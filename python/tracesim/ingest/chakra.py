@@ -51,10 +51,13 @@ from tracesim.ingest._common import (
     OUTSIDE_GROUP,
     _category,
     _counter_lines,
+    _JsonList,
     _load,
     _match_by_seq,
+    _no_cyclic_gc,
     _ops_table,
     _problem_lines,
+    _starts_like_json,
     _to_trace,
 )
 from tracesim.trace import Trace
@@ -402,21 +405,60 @@ def _chakra_json_nodes(data: dict[str, Any], path: Path) -> list[_Node]:
 
 
 def _read_any(path: Path) -> tuple[str, Any]:
-    """("protobuf", (meta, nodes)) or ("chakra-json" | "pytorch-et", parsed JSON)."""
-    raw = _load(path)
-    head = raw[:64].lstrip()
-    if head[:1] in (b"{", b"["):
+    """("protobuf", (meta, nodes)) or ("chakra-json" | "pytorch-et", the JSON object). JSON is
+    streamed node by node, and a PyTorch ET keeps of each node only what `_et_ops` reads
+    (`_slim_et_node`): the parsed file would be 6-8x its size in Python objects."""
+    if _starts_like_json(path):
         try:
-            data = json.loads(raw)
-        except (json.JSONDecodeError, UnicodeDecodeError):
-            data = None
-        if isinstance(data, dict):
-            if "workload_graph" in data:
-                return "chakra-json", data
-            if isinstance(data.get("nodes"), list):
-                return "pytorch-et", data
+            nodes: _JsonList | None = _JsonList(path, ["workload_graph", "nodes"])
+        except TraceError:
+            nodes = None  # not JSON after all: a protobuf file whose first byte is '{' or '['
+        if nodes is not None and nodes.key is not None:
+            slim = nodes.key == "nodes"
+            items = [_slim_et_node(d) if slim else d for d in nodes]
+            data = {**nodes.header(), nodes.key: items}
+            return ("pytorch-et" if slim else "chakra-json"), data
+        if nodes is not None and nodes.is_object:
             raise TraceError(f"{path}: JSON, but neither Chakra ('workload_graph') nor PyTorch ET ('nodes')")
-    return "protobuf", read_et(path, raw)
+    return "protobuf", read_et(path)
+
+
+# Attributes of ET nodes that `_et_ops` reads (`_et_attrs`); the others are dropped on reading.
+_ET_ATTRS = frozenset(
+    {
+        "tid",
+        "collective_name",
+        "dtype",
+        "in_msg_nelems",
+        "out_msg_nelems",
+        "pg_name",
+        "pg_size",
+        "global_rank_start",
+        "global_rank_stride",
+    }
+)
+_ET_THREAD_ATTRS = frozenset({"tid"})  # all that other nodes need (thread roots: their tid)
+_ET_WITH_VALUES = ("## process_group:init ##", "record_param_comms")
+
+
+def _slim_et_node(d: Any) -> Any:
+    """What `_et_ops` reads of a PyTorch ET node: id, name, parent and `tid`, and of
+    process-group and collective nodes their other attributes and input/output values."""
+    if not isinstance(d, dict):
+        return d
+    keep = {k: d[k] for k in ("id", "name", "ctrl_deps", "parent", "tid") if k in d}
+    attrs = d.get("attrs")
+    comms = d.get("name") in _ET_WITH_VALUES
+    if isinstance(attrs, list):
+        names = _ET_ATTRS if comms else _ET_THREAD_ATTRS
+        keep["attrs"] = [
+            a for a in attrs if type(a) is dict and type(n := a.get("name")) is str and n in names
+        ]
+    if comms:
+        for k in ("inputs", "outputs"):
+            if k in d:
+                keep[k] = d[k]
+    return keep
 
 
 # ---------------------------------------------------------------------------------------------
@@ -626,16 +668,30 @@ def _et_ops(r: _Rank, rank: int, data: dict[str, Any], report: ChakraReport) -> 
     threads = {nid for nid in roots if "thread]" in str(by_id[nid].get("name", ""))}
     backend_alias: dict[int, str] = {}
 
+    tops: dict[int, int | None] = {}  # node → its top-level operator (memo of `top_of`)
+
     def top_of(nid: int) -> int | None:
+        """The ancestor of `nid` (or itself) whose parent is a thread root; None outside threads."""
+        path: list[int] = []
         cur: int | None = nid
+        top: int | None = None
         for _ in range(10_000):
-            p = parent.get(cur) if cur is not None else None
+            if cur is None:
+                break
+            if cur in tops:
+                top = tops[cur]
+                break
+            p = parent.get(cur)
             if p is None or p not in by_id:
-                return None
+                break
+            path.append(cur)
             if p in threads:
-                return cur
+                top = cur
+                break
             cur = p
-        return None
+        for n in path:
+            tops[n] = top
+        return top
 
     for nid in sorted(by_id):
         d = by_id[nid]
@@ -987,9 +1043,11 @@ def _ingest(
 
 def ingest_chakra(paths: Sequence[Path | str], *, deps: DepMode = "data") -> tuple[Trace, ChakraReport]:
     """Chakra ET files (protobuf or JSON; PyTorch ET JSON also accepted), one per rank."""
-    return _ingest(paths, deps, None, "tracesim.ingest.chakra")
+    with _no_cyclic_gc():
+        return _ingest(paths, deps, None, "tracesim.ingest.chakra")
 
 
 def ingest_pytorch_et(paths: Sequence[Path | str]) -> tuple[Trace, ChakraReport]:
     """PyTorch execution-trace JSON files (schemas 1.0.x, 1.1.x), one per rank."""
-    return _ingest(paths, "data", "pytorch-et", "tracesim.ingest.pytorch_et")
+    with _no_cyclic_gc():
+        return _ingest(paths, "data", "pytorch-et", "tracesim.ingest.pytorch_et")

@@ -31,7 +31,6 @@ Every ET node and Kineto CPU op is counted as matched or not, by kind, in the `P
 from __future__ import annotations
 
 import bisect
-import json
 from collections import Counter, defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -39,7 +38,7 @@ from pathlib import Path
 from typing import Any
 
 from tracesim.exceptions import TraceError
-from tracesim.ingest._common import _counter_lines, _load
+from tracesim.ingest._common import _counter_lines, _JsonList
 from tracesim.ingest.chakra import ET_ROOTS, RANK_RE, _et_attrs
 from tracesim.ingest.kineto import CPU_OP_CATS, IngestReport, TimeUnit, _Ev, _File, _ingest_kineto, _Op
 from tracesim.trace import Trace
@@ -156,17 +155,14 @@ class _Node:
 
 
 def _read_et(path: Path) -> tuple[dict[str, Any], list[_Node]]:
-    """The ET's header and its nodes (id, name, rf_id, input shapes/types, inputs, outputs)."""
-    raw = _load(path)
-    try:
-        data = json.loads(raw)
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise TraceError(f"{path}: not valid JSON: {e}") from None
-    if not isinstance(data, dict) or not isinstance(data.get("nodes"), list):
+    """The ET's header and its nodes (id, name, rf_id, input shapes/types, inputs, outputs),
+    streamed node by node: only these fields of each are kept."""
+    stream = _JsonList(path, ["nodes"])
+    if stream.key is None:
         raise TraceError(f"{path}: not a PyTorch execution trace (no 'nodes' list)")
     nodes: list[_Node] = []
     seen: set[int] = set()
-    for i, d in enumerate(data["nodes"]):
+    for i, d in enumerate(stream):
         if not isinstance(d, dict):
             raise TraceError(f"{path}: nodes[{i}] is not an object")
         nid = _int_field(d.get("id"))
@@ -192,7 +188,7 @@ def _read_et(path: Path) -> tuple[dict[str, Any], list[_Node]]:
             outp = outp.get("values")
         nodes.append(_Node(nid, name, rf, shapes, types, inp, outp))
     nodes.sort(key=lambda n: n.nid)
-    return data, nodes
+    return stream.header(), nodes
 
 
 def _kineto_dims(shapes: Any, types: Any) -> tuple[list[Any], list[str]] | None:
