@@ -277,7 +277,8 @@ def _interned(s: pl.Series) -> list[Any]:
 class _File:
     """One Kineto file, read into columns (`read_kineto_file`) and split by class: only the
     events the ingester maps (GPU ops, runtime calls, recorded CPU ops, record_param_comms,
-    ProfilerSteps, flows) become `_Ev`s; the others are counted by class. Times in absolute ns."""
+    ProfilerSteps) become `_Ev`s, and only while their rank is mapped (`load`); the others are
+    counted by class. Times in absolute ns."""
 
     def __init__(
         self, path: Path, order: int, time_unit: TimeUnit, report: IngestReport, keep_cpu: bool = False
@@ -308,6 +309,26 @@ class _File:
         # ties).
         self.unmapped: Counter[str] = Counter(dict(unmapped))
 
+        self.keep_cpu = keep_cpu
+        self._parts = parts  # the mapped classes, as Arrow columns, until `load`
+        starts = [pc.min(parts[c].column("ts")).as_py() for c in ("gpu", "runtime") if parts[c].num_rows]
+        self.first_ts: int | None = min(starts) if starts else None  # of its GPU ops and runtime calls
+        steps = pl.from_arrow(parts.pop("steps"))
+        assert isinstance(steps, pl.DataFrame)
+        for t, d, n in zip(*(steps[c].to_list() for c in ("ts", "dur", "step_n")), strict=True):
+            if int(n) >= 2**32:
+                raise TraceError(
+                    f"{path}: ProfilerStep#{n}: the step number is above 4294967295 (iterations are uint32)"
+                )
+            self.steps.append((t, t + d, int(n)))
+        self.steps.sort()
+
+    def load(self) -> None:
+        """Makes the `_Ev`s of the mapped classes (done for one rank at a time: a job's ranks are
+        held as columns until then)."""
+        parts, keep_cpu = self._parts, self.keep_cpu
+        self._parts = {}
+
         def part(name: str) -> pl.DataFrame:
             df = pl.from_arrow(parts.pop(name))
             assert isinstance(df, pl.DataFrame)
@@ -329,7 +350,7 @@ class _File:
                 )
             ]
 
-        rt, gpu, comms, rec, steps = map(part, ("runtime", "gpu", "comms", "recorded", "steps"))
+        rt, gpu, comms, rec = map(part, ("runtime", "gpu", "comms", "recorded"))
         cpu_all = part("cpu_all") if keep_cpu else None
 
         # GPU ops and runtime calls: the args they use as lists beside them; `args` itself only
@@ -358,20 +379,12 @@ class _File:
                 ev.shapes = sh
             del shapes
         del rec
-        for t, d, n in zip(*(steps[c].to_list() for c in ("ts", "dur", "step_n")), strict=True):
-            if int(n) >= 2**32:
-                raise TraceError(
-                    f"{path}: ProfilerStep#{n}: the step number is above 4294967295 (iterations are uint32)"
-                )
-            self.steps.append((t, t + d, int(n)))
-        del steps
         if cpu_all is not None:
             # Every CPU op and annotation, in file order (recorded ops and ProfilerSteps included).
             self.cpu_all = evs(cpu_all)
             del cpu_all
             by_key = {(e.ts, e.end, e.name, e.thread): e for e in (*self.comms_ops, *self.cpu_ops)}
             self.cpu_all = [by_key.get((e.ts, e.end, e.name, e.thread), e) for e in self.cpu_all]
-        self.steps.sort()
 
 
 def _launchers(f: _File) -> dict[int, int]:
@@ -494,9 +507,10 @@ def _ingest(
     report.time_units = [f.unit for f in files]
     if hook is not None:
         hook.begin(files)
-    if not any(f.gpu or f.runtime for f in files):
+    firsts = [f.first_ts for f in files if f.first_ts is not None]
+    if not firsts:
         raise TraceError(f"{files[0].path}: no GPU kernels, copies or runtime calls to ingest")
-    base = min(ev.ts for f in files for ev in chain(f.gpu, f.runtime))
+    base = min(firsts)
 
     ops: list[_Op] = []  # the GPU ops (of all ranks)
     cols = _OpCols()  # every op (GPU and host), by key
@@ -533,6 +547,7 @@ def _ingest(
         return v
 
     for rank, f in enumerate(files):
+        f.load()
         report.unmapped.update(f.unmapped)
         if hook is not None:
             hook.prepare(rank, f)
