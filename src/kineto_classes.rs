@@ -415,28 +415,15 @@ fn take(
     rows: &[usize],
     names: &[&str],
 ) -> Result<RecordBatch, ArrowError> {
-    let dict = |a: &StringViewArray| -> ArrayRef {
+    fn dict_of<'s>(values: impl Iterator<Item = Option<&'s str>>) -> ArrayRef {
         let mut b = StringDictionaryBuilder::<Int32Type>::new();
-        for &r in rows {
-            if a.is_valid(r) {
-                b.append_value(a.value(r));
-            } else {
-                b.append_null();
-            }
+        for v in values {
+            b.append_option(v);
         }
         Arc::new(b.finish())
-    };
-    let dict_utf8 = |a: &StringArray| -> ArrayRef {
-        let mut b = StringDictionaryBuilder::<Int32Type>::new();
-        for &r in rows {
-            if a.is_valid(r) {
-                b.append_value(a.value(r));
-            } else {
-                b.append_null();
-            }
-        }
-        Arc::new(b.finish())
-    };
+    }
+    let dict = |a: &StringViewArray| dict_of(rows.iter().map(|&r| a.is_valid(r).then(|| a.value(r))));
+    let dict_utf8 = |a: &StringArray| dict_of(rows.iter().map(|&r| a.is_valid(r).then(|| a.value(r))));
     let utf8 = |a: &StringArray| -> ArrayRef {
         let mut b = StringBuilder::new();
         for &r in rows {
