@@ -43,10 +43,12 @@ from __future__ import annotations
 
 import bisect
 import json
+import os
 import re
 from array import array
 from collections import Counter, defaultdict
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from decimal import Decimal
 from functools import lru_cache
@@ -274,17 +276,35 @@ def _interned(s: pl.Series) -> list[Any]:
     return list(map(words.__getitem__, arr.indices.to_pylist()))
 
 
+# What `read_kineto_file` gives: (time unit, {class: columns}, unmapped counts, distributedInfo).
+_Read = tuple[str, dict[str, pa.RecordBatch], list[tuple[str, int]], str | None]
+
+
+def _read_files(paths: Sequence[str | Path], time_unit: TimeUnit, keep_cpu: bool) -> Iterator[_Read]:
+    """The files read and split by class, in order, several at a time (the reader releases the
+    GIL; a job's ranks are read in parallel on as many cores). The first failing file in the given
+    order raises."""
+    workers = min(len(paths), os.cpu_count() or 1)
+    if workers <= 1:
+        yield from (read_kineto_file(p, time_unit, keep_cpu) for p in paths)
+        return
+    pool = ThreadPoolExecutor(max_workers=workers)
+    try:
+        yield from pool.map(lambda p: read_kineto_file(p, time_unit, keep_cpu), paths)
+    finally:
+        pool.shutdown(cancel_futures=True)  # after a failing file, read no more
+
+
 class _File:
     """One Kineto file, read into columns (`read_kineto_file`) and split by class: only the
     events the ingester maps (GPU ops, runtime calls, recorded CPU ops, record_param_comms,
     ProfilerSteps) become `_Ev`s, and only while their rank is mapped (`load`); the others are
     counted by class. Times in absolute ns."""
 
-    def __init__(
-        self, path: Path, order: int, time_unit: TimeUnit, report: IngestReport, keep_cpu: bool = False
-    ) -> None:
+    def __init__(self, path: Path, order: int, read: _Read, keep_cpu: bool = False) -> None:
+        """`read`: what `read_kineto_file(path, time_unit, keep_cpu)` gave."""
         self.path = path
-        unit, parts, unmapped, dist_text = read_kineto_file(path, time_unit, keep_cpu)
+        unit, parts, unmapped, dist_text = read
         self.unit: str = unit
         dist = json.loads(dist_text, parse_float=str) if dist_text is not None else None
         dist = dist if isinstance(dist, dict) else {}
@@ -491,7 +511,11 @@ def _ingest(
     if not paths:
         raise TraceError("ingest kineto: no input files")
     report = IngestReport()
-    files = [_File(Path(p), i, time_unit, report, keep_cpu=hook is not None) for i, p in enumerate(paths)]
+    keep_cpu = hook is not None
+    files = [
+        _File(Path(p), i, read, keep_cpu)
+        for i, (p, read) in enumerate(zip(paths, _read_files(paths, time_unit, keep_cpu), strict=True))
+    ]
     seen: dict[int, Path] = {}
     for f in files:
         if f.source_rank in seen:
