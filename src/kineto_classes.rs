@@ -17,7 +17,8 @@ use arrow_schema::{ArrowError, Field, Schema};
 
 use crate::kineto_json::{KinetoColumns, KinetoJsonError};
 
-/// Categories of GPU kernels and of GPU copies/fills.
+/// Categories of GPU copies/fills, and of GPU ops (kernels and those).
+const GPU_MEMORY_CATS: [&str; 4] = ["gpu_memcpy", "gpu_memset", "memcpy", "memset"];
 const GPU_CATS: [&str; 5] = ["kernel", "gpu_memcpy", "gpu_memset", "memcpy", "memset"];
 /// Categories of CUDA/HIP runtime and driver calls.
 const RUNTIME_CATS: [&str; 3] = ["cuda_runtime", "runtime", "cuda_driver"];
@@ -25,6 +26,12 @@ const RUNTIME_CATS: [&str; 3] = ["cuda_runtime", "runtime", "cuda_driver"];
 const CPU_OP_CATS: [&str; 2] = ["cpu_op", "operator"];
 /// Phases of flow events.
 const FLOW_PHASES: [&str; 3] = ["s", "f", "t"];
+
+/// `gpu_kind` of GPU ops: a copy or fill (category), an NCCL kernel (name or category), else a
+/// kernel.
+const GPU_MEMORY: &str = "memory";
+const GPU_NCCL: &str = "nccl";
+const GPU_KERNEL: &str = "kernel";
 
 /// The class an event is mapped to (`Other`: counted, not mapped).
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -42,8 +49,10 @@ enum Class {
 pub struct KinetoClasses {
     /// "us" or "ns": the unit of the file's `ts`/`dur`.
     pub unit: &'static str,
-    /// (name, rows) per class: `gpu`, `runtime`, `comms`, `recorded`, `steps`, `flows`, and
-    /// `cpu_all` when asked for. Times (`ts`, `dur`) are absolute ns, `dur` clipped at 0.
+    /// (name, rows) per class: `gpu` (with `launch`, the row in `runtime` of the call that
+    /// launched it, and `gpu_kind`: kernel, memory or nccl), `runtime`, `comms`, `recorded`,
+    /// `steps`, and `cpu_all` when asked for (with `cpu_op`: an operator, not an annotation).
+    /// Times (`ts`, `dur`) are absolute ns, `dur` clipped at 0.
     pub classes: Vec<(&'static str, RecordBatch)>,
     /// Events not mapped, counted by a description of their class, in order of first appearance.
     pub unmapped: Vec<(String, u64)>,
@@ -95,6 +104,8 @@ pub fn split(
     let mut group_order: Vec<(&str, &str, [bool; 5])> = Vec::new();
     let mut class = Vec::with_capacity(src.rows);
     let mut keep_all = Vec::with_capacity(if keep_cpu { src.rows } else { 0 });
+    let mut gpu_kind: Vec<&'static str> = Vec::new(); // of the GPU ops, in row order
+    let mut cpu_op: Vec<bool> = Vec::new(); // of the rows of `cpu_all`, in row order
     for r in 0..src.rows {
         let (ph, name, cat) = (src.ph.value(r), src.name.value(r), src.cat.value(r));
         let cf = *cat_flags.entry(cat).or_insert_with(|| CatFlags::of(cat));
@@ -108,7 +119,20 @@ pub fn split(
         let is_step = other && step_number(name).is_some() && !cf.gpu_prefix;
         let is_comms = other && !is_step && name == "record_param_comms";
         if keep_cpu {
-            keep_all.push(other && (cf.cpu_op || cf.annotation));
+            let keep = other && (cf.cpu_op || cf.annotation);
+            keep_all.push(keep);
+            if keep {
+                cpu_op.push(cf.cpu_op);
+            }
+        }
+        if is_gpu {
+            gpu_kind.push(if cf.memory {
+                GPU_MEMORY
+            } else if is_nccl {
+                GPU_NCCL
+            } else {
+                GPU_KERNEL
+            });
         }
         let is_recorded = other && !is_step && !is_comms && cf.cpu_op && src.has_dims.value(r);
         class.push(if is_gpu {
@@ -175,11 +199,11 @@ pub fn split(
         (
             "gpu",
             take(&src, ts, dur, &gpu_rows, &[ev, &["args", "stream", "bytes"]].concat()).and_then(|b| {
-                let mut fields = b.schema().fields().to_vec();
-                fields.push(Arc::new(Field::new("launch", arrow_schema::DataType::Int64, true)));
-                let mut cols = b.columns().to_vec();
-                cols.push(Arc::new(Int64Array::from(launch)));
-                RecordBatch::try_new(Arc::new(Schema::new(fields)), cols)
+                let kind = dict_of(gpu_kind.iter().map(|k| Some(*k)));
+                with_columns(
+                    b,
+                    vec![("launch", Arc::new(Int64Array::from(launch))), ("gpu_kind", kind)],
+                )
             }),
         ),
         (
@@ -203,7 +227,9 @@ pub fn split(
     ];
     if keep_cpu {
         let rows: Vec<usize> = (0..src.rows).filter(|&r| keep_all[r]).collect();
-        classes.push(("cpu_all", take(&src, ts, dur, &rows, &[ev, &["args"]].concat())));
+        let batch = take(&src, ts, dur, &rows, &[ev, &["args"]].concat())
+            .and_then(|b| with_columns(b, vec![("cpu_op", Arc::new(BooleanArray::from(cpu_op)))]));
+        classes.push(("cpu_all", batch));
     }
     let classes = classes
         .into_iter()
@@ -229,6 +255,7 @@ pub fn split(
 #[derive(Clone, Copy)]
 struct CatFlags {
     gpu: bool,
+    memory: bool,
     runtime: bool,
     nccl: bool,
     cpu_op: bool,
@@ -241,6 +268,7 @@ impl CatFlags {
         let lc = cat.to_lowercase();
         CatFlags {
             gpu: GPU_CATS.contains(&lc.as_str()),
+            memory: GPU_MEMORY_CATS.contains(&lc.as_str()),
             runtime: RUNTIME_CATS.contains(&lc.as_str()),
             nccl: lc.contains("nccl"),
             cpu_op: CPU_OP_CATS.contains(&lc.as_str()),
@@ -406,6 +434,26 @@ impl<'a> Source<'a> {
     }
 }
 
+/// A dictionary column of `values`.
+fn dict_of<'s>(values: impl Iterator<Item = Option<&'s str>>) -> ArrayRef {
+    let mut b = StringDictionaryBuilder::<Int32Type>::new();
+    for v in values {
+        b.append_option(v);
+    }
+    Arc::new(b.finish())
+}
+
+/// `batch` with `extra` columns after its own.
+fn with_columns(batch: RecordBatch, extra: Vec<(&str, ArrayRef)>) -> Result<RecordBatch, ArrowError> {
+    let mut fields = batch.schema().fields().to_vec();
+    let mut cols = batch.columns().to_vec();
+    for (name, col) in extra {
+        fields.push(Arc::new(Field::new(name, col.data_type().clone(), true)));
+        cols.push(col);
+    }
+    RecordBatch::try_new(Arc::new(Schema::new(fields)), cols)
+}
+
 /// The rows `rows` of `src`, with the columns `names`: `ts`/`dur` in ns (`dur` ≥ 0), repeated
 /// strings as dictionaries, `step_n` the N of `ProfilerStep#N`.
 fn take(
@@ -415,13 +463,6 @@ fn take(
     rows: &[usize],
     names: &[&str],
 ) -> Result<RecordBatch, ArrowError> {
-    fn dict_of<'s>(values: impl Iterator<Item = Option<&'s str>>) -> ArrayRef {
-        let mut b = StringDictionaryBuilder::<Int32Type>::new();
-        for v in values {
-            b.append_option(v);
-        }
-        Arc::new(b.finish())
-    }
     let dict = |a: &StringViewArray| dict_of(rows.iter().map(|&r| a.is_valid(r).then(|| a.value(r))));
     let dict_utf8 = |a: &StringArray| dict_of(rows.iter().map(|&r| a.is_valid(r).then(|| a.value(r))));
     let utf8 = |a: &StringArray| -> ArrayRef {
@@ -521,6 +562,17 @@ mod tests {
         // `a` by correlation (its flow 3 is ignored); `b` by the flow whose id came first (2)
         assert_eq!((launch.value(0), launch.value(1)), (0, 2));
         assert!(launch.is_null(2));
+        let kind = gpu
+            .column_by_name("gpu_kind")
+            .expect("gpu_kind")
+            .as_dictionary::<Int32Type>();
+        let words = kind.values().as_string::<i32>();
+        let kinds: Vec<&str> = kind
+            .keys()
+            .iter()
+            .map(|k| words.value(k.unwrap_or(0) as usize))
+            .collect();
+        assert_eq!(kinds, ["kernel", "kernel", "nccl"]);
         let dur = gpu.column_by_name("dur").expect("dur").as_primitive::<Int64Type>();
         assert_eq!(dur.value(1), 0); // clipped
         assert_eq!(class(&c, "runtime").num_rows(), 3);

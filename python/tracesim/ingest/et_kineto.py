@@ -40,7 +40,7 @@ from typing import Any
 from tracesim.exceptions import TraceError
 from tracesim.ingest._common import _counter_lines, _JsonList
 from tracesim.ingest.chakra import ET_ROOTS, RANK_RE, _et_attrs
-from tracesim.ingest.kineto import CPU_OP_CATS, IngestReport, TimeUnit, _Ev, _File, _ingest_kineto, _Op
+from tracesim.ingest.kineto import IngestReport, TimeUnit, _Ev, _File, _ingest_kineto, _Op
 from tracesim.trace import Trace
 
 RF_KEY = "Record function id"
@@ -315,7 +315,7 @@ class _Pairing:
                 rep.kineto_unmatched[f"{ev.cat} {_et_kind(ev.name)}"] += 1
         # Recorded shapes from the ET where the Kineto trace has none (costs of the kernels).
         for ev in link.events:
-            if ev.cat.lower() not in CPU_OP_CATS or "Input Dims" in ev.args or "Input dims" in ev.args:
+            if not ev.cpu_op or "Input Dims" in ev.args or "Input dims" in ev.args:
                 continue
             n = nodes[link.matched[id(ev)]]
             dims = _kineto_dims(n.shapes, n.types)

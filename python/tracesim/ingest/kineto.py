@@ -82,12 +82,7 @@ from tracesim.trace import Trace
 
 TimeUnit = Literal["auto", "us", "ns"]
 
-GPU_KERNEL_CATS = {"kernel"}
-GPU_MEMORY_CATS = {"gpu_memcpy", "gpu_memset", "memcpy", "memset"}
-RUNTIME_CATS = {"cuda_runtime", "runtime", "cuda_driver"}
-FLOW_PHASES = {"s", "f", "t"}
 BLOCKING_CALLS = {"cudaMemcpy", "cudaMemcpy2D", "hipMemcpy", "hipMemcpy2D"}
-STEP_RE = re.compile(r"^ProfilerStep#(\d+)$")
 
 
 @dataclass
@@ -165,6 +160,7 @@ class _Ev:
     thread: tuple[Any, Any]
     args: dict[str, Any]
     shapes: str | None = None  # recorded CPU ops: the JSON text of their shape fields (a cache key)
+    cpu_op: bool = False  # of `cpu_all`: an operator (not an annotation)
 
 
 _NO_ARGS: dict[str, Any] = {}  # shared by the events whose args the ingester reads from columns
@@ -217,10 +213,6 @@ class _OpCols:
 
     def end(self, key: int) -> int:
         return self.start[key] + self.dur[key]
-
-
-def _is_nccl(name: str, cat: str) -> bool:
-    return name.startswith(("ncclKernel", "ncclDevKernel")) or "nccl" in cat
 
 
 def _parse_ranks(v: Any) -> tuple[int, ...] | None:
@@ -381,6 +373,7 @@ class _File:
         del rt
         self.gpu = evs(gpu, [_args(a) if a is not None else _NO_ARGS for a in gpu["args"].to_list()])
         self.gpu_stream: list[str] = _interned(gpu.select(pl.coalesce("stream", "tid"))["stream"])
+        self.gpu_kind: list[str] = _interned(gpu["gpu_kind"])  # kernel, memory or nccl
         self.gpu_bytes: list[int | None] = gpu["bytes"].to_list()
         del gpu
         self.comms_ops = evs(comms)
@@ -401,10 +394,13 @@ class _File:
         del rec
         if cpu_all is not None:
             # Every CPU op and annotation, in file order (recorded ops and ProfilerSteps included).
+            is_cpu_op: list[bool] = cpu_all["cpu_op"].to_list()
             self.cpu_all = evs(cpu_all)
             del cpu_all
             by_key = {(e.ts, e.end, e.name, e.thread): e for e in (*self.comms_ops, *self.cpu_ops)}
             self.cpu_all = [by_key.get((e.ts, e.end, e.name, e.thread), e) for e in self.cpu_all]
+            for e, is_op in zip(self.cpu_all, is_cpu_op, strict=True):
+                e.cpu_op = is_op
 
 
 def _launchers(f: _File) -> dict[int, int]:
@@ -597,16 +593,16 @@ def _ingest(
         # GPU ops first (their host deps are filled in once the host ops exist).
         gpu_ops: list[_Op] = []
         for j, ev in enumerate(f.gpu):
-            lc = ev.cat.lower()
+            gpu_kind = f.gpu_kind[j]
             stream = gstream[f.gpu_stream[j]]
             li = launcher.get(j)
             when = f.runtime[li].ts if li is not None else ev.ts
             it = _step_of(f.steps, step_starts, when)
-            if lc in GPU_MEMORY_CATS:
+            if gpu_kind == "memory":
                 op = new_op(
                     rank, stream, ev.name, "memory", ev.ts, ev.end - ev.ts, category="copy", iteration=it
                 )
-            elif _is_nccl(ev.name, lc):
+            elif gpu_kind == "nccl":
                 op = new_op(
                     rank,
                     stream,
@@ -983,7 +979,6 @@ def _build(
 # ---------------------------------------------------------------------------------------------
 # Costs (FLOPs, bytes, dtype, GEMM shape) from the recorded shapes of the enclosing CPU operator.
 
-CPU_OP_CATS = {"cpu_op", "operator"}
 
 # Bytes per element and canonical dtype of PyTorch's "Input type" strings.
 ELEM_BYTES = {
