@@ -45,17 +45,24 @@ def rss():
     return 0
 
 imported = rss()
-tiny = Path(tempfile.mkdtemp()) / "tiny.json"
-tiny.write_text(json.dumps({"traceEvents": [
-    {"ph": "X", "cat": "cuda_runtime", "name": "cudaLaunchKernel", "pid": 1, "tid": 1, "ts": 0,
-     "dur": 5, "args": {"correlation": 1}},
-    {"ph": "X", "cat": "kernel", "name": "k", "pid": 1, "tid": 7, "ts": 6, "dur": 5,
-     "args": {"correlation": 1, "stream": 7}},
-]}))
-ingest_kineto([tiny])
+ingest = ingest_pytorch_et if sys.argv[1] == "pytorch-et" else ingest_kineto
+with tempfile.TemporaryDirectory() as tmp:  # the warm-up: a two-event trace of the same kind
+    tiny = Path(tmp) / "tiny.json"
+    if ingest is ingest_pytorch_et:
+        tiny.write_text(json.dumps({"schema": "1.1.0", "nodes": [
+            {"id": 1, "name": "[pytorch|profiler|execution_trace|thread]", "ctrl_deps": 0},
+            {"id": 2, "name": "aten::mm", "ctrl_deps": 1},
+        ]}))
+    else:
+        tiny.write_text(json.dumps({"traceEvents": [
+            {"ph": "X", "cat": "cuda_runtime", "name": "cudaLaunchKernel", "pid": 1, "tid": 1,
+             "ts": 0, "dur": 5, "args": {"correlation": 1}},
+            {"ph": "X", "cat": "kernel", "name": "k", "pid": 1, "tid": 7, "ts": 6, "dur": 5,
+             "args": {"correlation": 1, "stream": 7}},
+        ]}))
+    ingest([tiny])
 before = rss()
 t0 = time.perf_counter()
-ingest = ingest_pytorch_et if sys.argv[1] == "pytorch-et" else ingest_kineto
 trace, report = ingest(sys.argv[2:])
 dt = time.perf_counter() - t0
 peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024

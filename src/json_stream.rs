@@ -147,7 +147,7 @@ impl<R: BufRead> Scanner<R> {
                 } else {
                     match b {
                         b'"' => in_str = true,
-                        b'{' | b'[' => depth += 1,
+                        b'{' | b'[' => depth = depth.saturating_add(1),
                         b'}' | b']' => {
                             depth = depth.saturating_sub(1);
                             if depth == 0 {
@@ -183,7 +183,8 @@ pub struct ListReader {
     keys: Vec<String>,
     /// The key whose list is read (None: none of `keys` is a list here).
     pub found: Option<String>,
-    /// The object's other fields: (key, JSON text), in file order; complete once the list is.
+    /// The object's other fields: (key, JSON text, cut but not parsed), in file order; complete
+    /// once the list is.
     pub header: Vec<(String, String)>,
     /// Whether the text is a JSON object (known after `begin`).
     pub object: bool,
@@ -222,7 +223,10 @@ impl ListReader {
         if self.state != State::Start {
             return Ok(());
         }
-        self.start().map_err(|e| self.describe(e))
+        self.start().map_err(|e| {
+            self.state = State::Done;
+            self.describe(e)
+        })
     }
 
     /// The error for an element that is not UTF-8.
@@ -265,7 +269,10 @@ impl ListReader {
         match self.step() {
             Ok(true) => Ok(Some(&self.buf)),
             Ok(false) => Ok(None),
-            Err(e) => Err(self.describe(e)),
+            Err(e) => {
+                self.state = State::Done; // the text is not JSON from here: read no further
+                Err(self.describe(e))
+            }
         }
     }
 
@@ -273,23 +280,7 @@ impl ListReader {
     fn step(&mut self) -> Result<bool, ScanError> {
         loop {
             match self.state {
-                State::Start => match self.scan.peek()? {
-                    Some(b'{') => {
-                        self.scan.consume(1);
-                        self.state = if self.fields(true)? {
-                            State::List(true)
-                        } else {
-                            State::Done
-                        };
-                    }
-                    _ => {
-                        // Not an object: read it (an error if it is not JSON), give no elements.
-                        let at = self.scan.value(&mut self.buf)?;
-                        serde_json::from_slice::<&RawValue>(&self.buf).map_err(|e| json_error(&e, at))?;
-                        self.end()?;
-                        self.state = State::Done;
-                    }
-                },
+                State::Start => self.start()?,
                 State::List(first) => {
                     match self.scan.peek()? {
                         Some(b']') => {
@@ -342,9 +333,10 @@ impl ListReader {
                 self.found = Some(key);
                 return Ok(true);
             }
+            // Cut, not parsed: the caller parses it (as it does the elements).
             let at = self.scan.value(&mut self.buf)?;
-            let raw: &RawValue = serde_json::from_slice(&self.buf).map_err(|e| json_error(&e, at))?;
-            self.header.push((key, raw.get().to_owned()));
+            let text = std::str::from_utf8(&self.buf).map_err(|e| json_error_at(&format!("{e}"), at))?;
+            self.header.push((key, text.to_owned()));
         }
     }
 

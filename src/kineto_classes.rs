@@ -2,7 +2,7 @@
 //!
 //! The reader's columns ([`crate::kineto_json`]) hold every event; the ingester maps a few
 //! classes (GPU ops, runtime calls, `record_param_comms`, CPU ops with recorded shapes,
-//! ProfilerSteps, flow events) and counts the rest. Classifying here and copying out each class
+//! ProfilerSteps) and counts the rest. Flow events only link launches to GPU ops, here. Classifying here and copying out each class
 //! with only its columns means the whole-file columns never reach Python: they are freed before
 //! the classes are handed over. Repeated strings (names, categories, threads) are dictionary
 //! columns, each value held once.
@@ -10,9 +10,11 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use arrow_array::builder::{Int64Builder, StringBuilder, StringDictionaryBuilder};
+use arrow_array::builder::{Int64Builder, LargeStringBuilder, StringBuilder, StringDictionaryBuilder};
 use arrow_array::types::Int32Type;
-use arrow_array::{Array, ArrayRef, BooleanArray, Int64Array, RecordBatch, StringArray, StringViewArray};
+use arrow_array::{
+    Array, ArrayRef, BooleanArray, Int64Array, LargeStringArray, RecordBatch, StringArray, StringViewArray,
+};
 use arrow_schema::{ArrowError, Field, Schema};
 
 use crate::kineto_json::{KinetoColumns, KinetoJsonError};
@@ -398,7 +400,7 @@ struct Source<'a> {
     stream: &'a StringArray,
     bytes: &'a Int64Array,
     has_dims: &'a BooleanArray,
-    args: &'a StringArray,
+    args: &'a LargeStringArray,
     shapes: &'a StringViewArray,
 }
 
@@ -465,13 +467,6 @@ fn take(
 ) -> Result<RecordBatch, ArrowError> {
     let dict = |a: &StringViewArray| dict_of(rows.iter().map(|&r| a.is_valid(r).then(|| a.value(r))));
     let dict_utf8 = |a: &StringArray| dict_of(rows.iter().map(|&r| a.is_valid(r).then(|| a.value(r))));
-    let utf8 = |a: &StringArray| -> ArrayRef {
-        let mut b = StringBuilder::new();
-        for &r in rows {
-            b.append_option(a.is_valid(r).then(|| a.value(r)));
-        }
-        Arc::new(b.finish())
-    };
     let int = |a: &Int64Array, clip: bool| -> ArrayRef {
         let mut b = Int64Builder::with_capacity(rows.len());
         for &r in rows {
@@ -489,12 +484,15 @@ fn take(
             "cat" => dict(src.cat),
             "pid" => dict(src.pid),
             "tid" => dict(src.tid),
-            "ph" => dict(src.ph),
             "shapes" => dict(src.shapes),
             "stream" => dict_utf8(src.stream),
-            "id" => utf8(src.id),
-            "correlation" => utf8(src.correlation),
-            "args" => utf8(src.args),
+            "args" => {
+                let mut b = LargeStringBuilder::new();
+                for &r in rows {
+                    b.append_option(src.args.is_valid(r).then(|| src.args.value(r)));
+                }
+                Arc::new(b.finish())
+            }
             "bytes" => int(src.bytes, false),
             "step_n" => {
                 let mut b = StringBuilder::new();

@@ -8,7 +8,8 @@
 //! i64 with round-half-even, as Python's `Decimal(text) * scale` then `to_integral_value()`.
 //!
 //! Values that the ingester compares or prints are given in the form Python's `str()` gives a
-//! `json.loads` value (`"abc"` → `abc`, `null` → `None`, numbers as written), so both readers agree.
+//! `json.loads` value (`"abc"` → `abc`, `null` → `None`, numbers as written), as the Python
+//! ingester had them when it parsed the JSON itself (its reports and op names are unchanged).
 
 use std::borrow::Cow;
 use std::fmt;
@@ -16,7 +17,7 @@ use std::io::BufRead;
 use std::path::Path;
 use std::sync::Arc;
 
-use arrow_array::builder::{BooleanBuilder, Int64Builder, StringBuilder, StringViewBuilder};
+use arrow_array::builder::{BooleanBuilder, Int64Builder, LargeStringBuilder, StringBuilder, StringViewBuilder};
 use arrow_array::{ArrayRef, RecordBatch};
 use arrow_schema::{DataType, Field, Schema};
 use serde::de::{Deserializer, IgnoredAny, MapAccess, SeqAccess, Visitor};
@@ -45,10 +46,10 @@ pub struct KinetoColumns {
 
 /// The columns of [`KinetoColumns::events`].
 ///
-/// The strings of every event are Utf8View (Python's polars takes them without a copy), each
-/// distinct value held once; those of some events only (`id`, `correlation`, `stream`, `args`)
-/// are Utf8 (4 bytes an event rather than 16 while the JSON text is still in memory), and
-/// `shapes` is a Utf8View of distinct values.
+/// The strings of every event are Utf8View, each distinct value held once; those of some events
+/// only (`id`, `correlation`, `stream`) are Utf8 (4 bytes an event rather than 16), `args`
+/// LargeUtf8 (whole `args` of every event can pass 2 GiB), and `shapes` a Utf8View of distinct
+/// values. A `traceEvents` key given twice: the events of both lists (nothing is dropped).
 ///
 /// - `ph`, `name`, `cat`, `pid`, `tid`: `str()` of the value (`name`/`cat` default `""`,
 ///   `ph`/`pid`/`tid` default `None`).
@@ -89,7 +90,7 @@ pub fn schema() -> Schema {
         i("bytes"),
         b("has_dims"),
         b("has_coll"),
-        u("args"),
+        Field::new("args", DataType::LargeUtf8, true),
         s("shapes", true),
     ])
 }
@@ -102,6 +103,7 @@ pub fn read_kineto_file(path: &Path, keep_args: bool) -> Result<KinetoColumns, K
 }
 
 /// Reads a Kineto trace's JSON text. `path` only names the file in errors.
+#[cfg(test)]
 pub fn read_kineto(text: &[u8], path: &str, keep_args: bool) -> Result<KinetoColumns, KinetoJsonError> {
     read_stream(text, path, keep_args, "cannot read")
 }
@@ -208,7 +210,8 @@ fn read_events<R: BufRead>(scan: &mut Scanner<R>, cols: &mut Builders, buf: &mut
         scan.consume(1);
         return Ok(());
     }
-    for n in 0usize.. {
+    let mut n = 0usize;
+    loop {
         let at = scan.value(buf)?;
         let Element(ev) = serde_json::from_slice::<Element<'_>>(buf)
             .map_err(|e| ScanError::Json(format!("traceEvents[{n}]: {e} (in the value from byte {at})")))?;
@@ -235,8 +238,8 @@ fn read_events<R: BufRead>(scan: &mut Scanner<R>, cols: &mut Builders, buf: &mut
             Some(_) => return Err(scan.error("expected ',' or ']' after a trace event")),
             None => return Err(scan.error("EOF while parsing a list")),
         }
+        n += 1;
     }
-    Ok(())
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -551,7 +554,7 @@ struct Builders {
     bytes: Int64Builder,
     has_dims: BooleanBuilder,
     has_coll: BooleanBuilder,
-    args: StringBuilder,
+    args: LargeStringBuilder,
     shapes: StringViewBuilder,
     non_objects: u64,
     error: Option<String>,
@@ -578,7 +581,7 @@ impl Builders {
             bytes: Int64Builder::new(),
             has_dims: BooleanBuilder::new(),
             has_coll: BooleanBuilder::new(),
-            args: StringBuilder::new(),
+            args: LargeStringBuilder::new(),
             shapes: StringViewBuilder::new().with_deduplicate_strings(),
             non_objects: 0,
             error: None,
@@ -652,7 +655,7 @@ impl Builders {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use arrow_array::{Array, BooleanArray, Int64Array, StringArray, StringViewArray};
+    use arrow_array::{Array, BooleanArray, Int64Array, LargeStringArray, StringArray, StringViewArray};
 
     fn col<'b, T: 'static>(b: &'b RecordBatch, n: &str) -> &'b T {
         b.column_by_name(n)
@@ -714,11 +717,11 @@ mod tests {
         assert!(col::<StringArray>(b, "stream").is_null(1));
         assert_eq!(col::<Int64Array>(b, "bytes").value(1), 12);
         assert!(col::<BooleanArray>(b, "has_dims").value(1));
-        let args = col::<StringArray>(b, "args");
+        let args = col::<LargeStringArray>(b, "args");
         assert!(args.is_null(0));
         assert!(args.is_null(1)); // its shapes are enough
         let kept = read_kineto(text, "f.json", true).expect("reads");
-        let kept_args = col::<StringArray>(&kept.events, "args");
+        let kept_args = col::<LargeStringArray>(&kept.events, "args");
         assert!(kept_args.value(1).contains("Input Dims"));
         let shapes = col::<StringViewArray>(b, "shapes");
         assert_eq!(shapes.value(1), r#"{"Input Dims": [[2, 3]]}"#);

@@ -18,7 +18,7 @@ import pytest
 import tracesim
 from tests.unit.test_cli_errors import run_cli
 from tracesim.exceptions import TraceError
-from tracesim.ingest import ingest_chakra, ingest_pytorch_et
+from tracesim.ingest import chakra, ingest_chakra, ingest_pytorch_et
 
 DATA = Path(__file__).resolve().parents[2].parent / "shared" / "data"
 
@@ -205,6 +205,9 @@ def test_pytorch_et_json_is_streamed(tmp_path: Path) -> None:
     for f in (plain, zipped):
         trace, rep = ingest_pytorch_et([f])
         assert trace.num_ops == 2 and rep.nodes == 4
+    fmt, data = chakra._read_any(plain)
+    assert (fmt, data["schema"], data["finish_ts"]) == ("pytorch-et", "1.1.0", 5)  # after the nodes
+    assert data["nodes"][2] == {"id": 3, "name": "aten::mm", "ctrl_deps": 2, "attrs": []}  # slimmed
     cut = tmp_path / "cut_et.json"
     cut.write_text(text[: len(text) // 2])
     with pytest.raises(TraceError, match=r"cut_et\.json: not valid JSON: EOF"):
@@ -217,6 +220,44 @@ def test_pytorch_et_json_is_streamed(tmp_path: Path) -> None:
     neither.write_text('{"schema": "1.1.0", "events": []}')
     with pytest.raises(TraceError, match="neither Chakra"):
         ingest_chakra([neither])
+    # a bad header: the JSON error, not what the protobuf reader makes of the bytes
+    header = tmp_path / "header_et.json"
+    header.write_text('{"schema": "1.1')
+    with pytest.raises(TraceError, match=r"header_et\.json: not valid JSON"):
+        ingest_chakra([header])
+    # `workload_graph` makes it Chakra JSON whatever comes first, and it must be a list
+    both = tmp_path / "both.json"
+    both.write_text(json.dumps({"nodes": nodes, "workload_graph": {}}))
+    with pytest.raises(TraceError, match="Chakra JSON without a 'workload_graph' list"):
+        ingest_chakra([both])
+    # numbers and nesting Python's json cannot read are errors naming the file and the node
+    huge = tmp_path / "huge_et.json"
+    huge.write_text(text.replace('"ctrl_deps": 2}', '"ctrl_deps": 2' + "0" * 5000 + "}"))
+    deep = tmp_path / "deep_et.json"
+    nested = "[" * 100_000 + "]" * 100_000
+    deep.write_text(text.replace('"ctrl_deps": 2}', '"ctrl_deps": 2, "x": ' + nested + "}"))
+    for f in (huge, deep):
+        with pytest.raises(TraceError, match=rf"{f.name}: not valid JSON: nodes\[3\]"):
+            ingest_pytorch_et([f])
+
+
+@pytest.mark.parametrize(
+    "rel",
+    [
+        "param/et_replay/tests/inputs/resnet_et.json.gz",
+        "param/et_replay/tests/inputs/1.1.0-chakra.0.0.4/resnet_2gpu_et.json.gz",
+        "param/et_replay/tests/inputs/linear_et.json.gz",
+    ],
+)
+def test_slim_et_nodes_map_as_full_ones(rel: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """`_slim_et_node` keeps all that the PyTorch ET mapping reads: the same trace without it."""
+    path = DATA / rel
+    if not path.is_file():
+        pytest.skip("../shared/data not present: real traces are outside the repo")
+    slim, slim_rep = ingest_pytorch_et([path])
+    monkeypatch.setattr(chakra, "_slim_et_node", lambda d: d)
+    full, full_rep = ingest_pytorch_et([path])
+    assert slim.ops.equals(full.ops) and slim_rep.lines() == full_rep.lines()
 
 
 # --- real traces -------------------------------------------------------------------------------

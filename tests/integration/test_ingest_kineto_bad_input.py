@@ -236,15 +236,24 @@ def test_odd_kernels_become_orphan_ops(tmp_path: Path, event: dict[str, Any], na
     assert row["duration_ns"] == dur_ns
 
 
-def test_non_object_events_are_ingested(tmp_path: Path) -> None:
-    r0, r1, _ = _report(tmp_path, [1, "x", None, [], [KERNEL], True, 2.5])
-    assert r1.ops_by_kind == r0.ops_by_kind
-
-
 def test_non_object_events_are_counted(tmp_path: Path) -> None:
     extra: list[Any] = [1, "x", None, [], [KERNEL], True, 2.5]
     r0, r1, _ = _report(tmp_path, extra)
+    assert r1.ops_by_kind == r0.ops_by_kind  # not events: no op (the kernel in a list neither)
     assert r1.unmapped - r0.unmapped == Counter({"traceEvents element that is not an object": len(extra)})
+
+
+def test_numbers_python_cannot_read_are_errors(tmp_path: Path) -> None:
+    """Values serde reads but Python's json does not (integers of more than 4,300 digits) are an
+    error naming the file, not a crash; so is a ProfilerStep number of thousands of digits."""
+    meta = {"Collective name": "allreduce", "In msg nelems": 1, "Process Group Ranks": "[0]"}
+    events = [_x("kernel", "ncclDevKernel_AllReduce", 12, 20, 7, stream=7, **meta)]
+    text = _trace_bytes(events=events).replace(b'"In msg nelems": 1', b'"In msg nelems": 1' + b"0" * 5000)
+    path = _file(tmp_path, "huge_int.json", text)
+    assert _error(path).startswith(f"{path}: not valid JSON: an event's args: ")
+    steps = [_x("user_annotation", "ProfilerStep#" + "9" * 5000, 0, 100, 100), *_rank_events(0)[4:6]]
+    path = _file(tmp_path, "long_step.json", _trace_bytes(events=steps))
+    assert "the step number is above 4294967295" in _error(path)
 
 
 @pytest.mark.parametrize("n", [2**32, 10**20])

@@ -110,12 +110,12 @@ def _no_cyclic_gc() -> Iterator[None]:
     """Pauses the cyclic garbage collector: an ingest makes millions of small acyclic objects
     (freed by reference counting), and the collector's passes over them cost a third to half of
     the time."""
-    paused = gc.isenabled()
+    was_enabled = gc.isenabled()
     gc.disable()
     try:
         yield
     finally:
-        if paused:
+        if was_enabled:
             gc.enable()
 
 
@@ -132,8 +132,10 @@ def _starts_like_json(path: Path) -> bool:
                 head = f.read(256)
     except FileNotFoundError:
         raise TraceError(f"{path}: no such file") from None
-    except (OSError, EOFError, zlib.error) as e:
-        raise TraceError(f"{path}: cannot read: {e}") from None
+    except (EOFError, zlib.error, gzip.BadGzipFile) as e:
+        raise TraceError(f"{path}: not a readable gzip file: {e}") from None
+    except OSError as e:
+        raise TraceError(f"{path}: cannot read: {e.strerror or e}") from None
     return head.lstrip()[:1] in (b"{", b"[")
 
 
@@ -150,14 +152,20 @@ class _JsonList:
 
     def __iter__(self) -> Iterator[Any]:
         for i, text in enumerate(self._reader):
-            try:
-                yield json.loads(text)
-            except (json.JSONDecodeError, UnicodeDecodeError) as e:
-                raise TraceError(f"{self.path}: not valid JSON: {self.key}[{i}]: {e}") from None
+            yield _parse_json(text, self.path, f"{self.key}[{i}]")
 
     def header(self) -> dict[str, Any]:
         """The object's other fields; complete once the list has been read."""
-        return {k: json.loads(v) for k, v in self._reader.header()}
+        return {k: _parse_json(v, self.path, k) for k, v in self._reader.header()}
+
+
+def _parse_json(text: str, path: Path, where: str, parse_float: Callable[[str], Any] | None = None) -> Any:
+    """`json.loads(text)`; malformed JSON, integers of more than 4,300 digits and nesting deeper
+    than the interpreter's recursion limit are a `TraceError` naming the file and `where`."""
+    try:
+        return json.loads(text, parse_float=parse_float)
+    except (ValueError, RecursionError) as e:  # JSONDecodeError is a ValueError
+        raise TraceError(f"{path}: not valid JSON: {where}: {e}") from None
 
 
 def _category(name: str) -> str:

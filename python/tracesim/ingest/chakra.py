@@ -408,19 +408,31 @@ def _read_any(path: Path) -> tuple[str, Any]:
     """("protobuf", (meta, nodes)) or ("chakra-json" | "pytorch-et", the JSON object). JSON is
     streamed node by node, and a PyTorch ET keeps of each node only what `_et_ops` reads
     (`_slim_et_node`): the parsed file would be 6-8x its size in Python objects."""
-    if _starts_like_json(path):
-        try:
-            nodes: _JsonList | None = _JsonList(path, ["workload_graph", "nodes"])
-        except TraceError:
-            nodes = None  # not JSON after all: a protobuf file whose first byte is '{' or '['
-        if nodes is not None and nodes.key is not None:
+    if not _starts_like_json(path):
+        return "protobuf", read_et(path)
+    json_error: TraceError | None = None
+    try:
+        nodes = _JsonList(path, ["workload_graph", "nodes"])
+    except TraceError as e:
+        json_error = e  # or a protobuf file whose first byte is '{' or '[' (tried next)
+    else:
+        if nodes.is_object:
             slim = nodes.key == "nodes"
             items = [_slim_et_node(d) if slim else d for d in nodes]
-            data = {**nodes.header(), nodes.key: items}
-            return ("pytorch-et" if slim else "chakra-json"), data
-        if nodes is not None and nodes.is_object:
+            data = nodes.header()
+            if nodes.key is not None:
+                data[nodes.key] = items
+            if "workload_graph" in data:  # a list or not (`_chakra_json_nodes` says which)
+                return "chakra-json", data
+            if isinstance(data.get("nodes"), list):
+                return "pytorch-et", data
             raise TraceError(f"{path}: JSON, but neither Chakra ('workload_graph') nor PyTorch ET ('nodes')")
-    return "protobuf", read_et(path)
+    try:
+        return "protobuf", read_et(path)
+    except TraceError:
+        if json_error is not None:
+            raise json_error from None  # the more precise of the two
+        raise
 
 
 # Attributes of ET nodes that `_et_ops` reads (`_et_attrs`); the others are dropped on reading.

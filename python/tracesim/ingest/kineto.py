@@ -30,8 +30,9 @@ Everything else (CPU operators, Python functions, annotations, flows, metadata, 
 counted by class in the `IngestReport`.
 
 Reading: the file is streamed (and gunzipped) by the Rust core (`tracesim._core.read_kineto_file`)
-into Arrow columns, never held whole; events are classified and the unmapped ones counted with
-Polars, and only the events that are mapped become Python objects.
+into Arrow columns, never held whole; there too events are classified, the unmapped ones counted
+and launches matched to GPU ops, and only the mapped classes reach Python (as columns; their
+events become Python objects one rank at a time, while it is mapped).
 
 Times: Chrome-trace `ts`/`dur` are microseconds; they are read exactly (from their decimal text,
 never through a float) into integer nanoseconds. A trace with `displayTimeUnit: "ns"` whose times are all
@@ -75,6 +76,7 @@ from tracesim.ingest._common import (
     _counter_lines,
     _match_by_seq,
     _no_cyclic_gc,
+    _parse_json,
     _problem_lines,
     _to_trace,
 )
@@ -250,10 +252,11 @@ def _comm_meta(args: dict[str, Any]) -> dict[str, Any] | None:
     return args
 
 
-def _args(text: str | None) -> dict[str, Any]:
+def _args(text: str | None, path: Path) -> dict[str, Any]:
+    """An event's `args` (floats kept as their text)."""
     if text is None:
         return {}
-    v = json.loads(text, parse_float=str)
+    v = _parse_json(text, path, "an event's args", parse_float=str)
     return v if isinstance(v, dict) else {}
 
 
@@ -268,15 +271,20 @@ def _interned(s: pl.Series) -> list[Any]:
     return list(map(words.__getitem__, arr.indices.to_pylist()))
 
 
+# Files read at once: more cores speed up the reading of a job's ranks, but each reader holds its
+# file's columns (~0.7x the JSON) until it is split.
+READ_WORKERS = 4
+
 # What `read_kineto_file` gives: (time unit, {class: columns}, unmapped counts, distributedInfo).
 _Read = tuple[str, dict[str, pa.RecordBatch], list[tuple[str, int]], str | None]
 
 
 def _read_files(paths: Sequence[str | Path], time_unit: TimeUnit, keep_cpu: bool) -> Iterator[_Read]:
     """The files read and split by class, in order, several at a time (the reader releases the
-    GIL; a job's ranks are read in parallel on as many cores). The first failing file in the given
-    order raises."""
-    workers = min(len(paths), os.cpu_count() or 1)
+    GIL): up to READ_WORKERS at once, each holding its whole file's columns until it is split. The
+    first failing file in the given order raises."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    workers = min(len(paths), cores, READ_WORKERS)
     if workers <= 1:
         yield from (read_kineto_file(p, time_unit, keep_cpu) for p in paths)
         return
@@ -293,7 +301,7 @@ class _File:
     ProfilerSteps) become `_Ev`s, and only while their rank is mapped (`load`); the others are
     counted by class. Times in absolute ns."""
 
-    def __init__(self, path: Path, order: int, read: _Read, keep_cpu: bool = False) -> None:
+    def __init__(self, path: Path, order: int, read: _Read, keep_cpu: bool) -> None:
         """`read`: what `read_kineto_file(path, time_unit, keep_cpu)` gave."""
         self.path = path
         unit, parts, unmapped, dist_text = read
@@ -312,6 +320,10 @@ class _File:
                     if ranks is not None:
                         self.pg_ranks[str(pg["pg_name"])] = ranks
         self.gpu: list[_Ev] = []
+        self.gpu_launch: list[int | None] = []  # per GPU op: its runtime call's index
+        self.gpu_stream: list[str] = []
+        self.gpu_kind: list[str] = []  # kernel, memory or nccl
+        self.gpu_bytes: list[int | None] = []
         self.runtime: list[_Ev] = []
         self.comms_ops: list[_Ev] = []  # record_param_comms
         self.cpu_ops: list[_Ev] = []  # CPU operators with recorded shapes, for costs
@@ -328,7 +340,7 @@ class _File:
         steps = pl.from_arrow(parts.pop("steps"))
         assert isinstance(steps, pl.DataFrame)
         for t, d, n in zip(*(steps[c].to_list() for c in ("ts", "dur", "step_n")), strict=True):
-            if int(n) >= 2**32:
+            if len(n) > 10 or int(n) >= 2**32:
                 raise TraceError(
                     f"{path}: ProfilerStep#{n}: the step number is above 4294967295 (iterations are uint32)"
                 )
@@ -354,7 +366,7 @@ class _File:
             thread = [threads.setdefault(t, t) for t in zip(pids, tids, strict=True)]
             del pids, tids
             if args is None:
-                args = [_args(a) for a in sub["args"].to_list()]
+                args = [_args(a, self.path) for a in sub["args"].to_list()]
             return [
                 _Ev(t, t + d, n, c, th, a)
                 for t, d, n, c, th, a in zip(
@@ -368,13 +380,15 @@ class _File:
         # GPU ops and runtime calls: the args they use as lists beside them; `args` itself only
         # for NCCL kernels with collective metadata (others share one empty dict). `launch`: the
         # row of the runtime call that launched a GPU op (by correlation id, else flow events).
-        self.gpu_launch: list[int | None] = gpu["launch"].to_list()
+        self.gpu_launch = gpu["launch"].to_list()
         self.runtime = evs(rt, [_NO_ARGS] * rt.height)
         del rt
-        self.gpu = evs(gpu, [_args(a) if a is not None else _NO_ARGS for a in gpu["args"].to_list()])
-        self.gpu_stream: list[str] = _interned(gpu.select(pl.coalesce("stream", "tid"))["stream"])
-        self.gpu_kind: list[str] = _interned(gpu["gpu_kind"])  # kernel, memory or nccl
-        self.gpu_bytes: list[int | None] = gpu["bytes"].to_list()
+        gpu_args = [_args(a, self.path) if a is not None else _NO_ARGS for a in gpu["args"].to_list()]
+        self.gpu = evs(gpu, gpu_args)
+        del gpu_args
+        self.gpu_stream = _interned(gpu.select(pl.coalesce("stream", "tid"))["stream"])
+        self.gpu_kind = _interned(gpu["gpu_kind"])
+        self.gpu_bytes = gpu["bytes"].to_list()
         del gpu
         self.comms_ops = evs(comms)
         del comms
@@ -386,7 +400,7 @@ class _File:
             shapes = _interned(rec["shapes"])
             for sh in shapes:
                 if sh not in by_shape:
-                    by_shape[sh] = _args(sh)
+                    by_shape[sh] = _args(sh, self.path)
             self.cpu_ops = evs(rec, [by_shape[sh] for sh in shapes])
             for ev, sh in zip(self.cpu_ops, shapes, strict=True):
                 ev.shapes = sh
@@ -472,7 +486,8 @@ class _Hook(Protocol):
     """What another ingester (PyTorch ET + Kineto, `tracesim.ingest.et_kineto`) adds to this one."""
 
     def begin(self, files: list[_File]) -> None:
-        """Called once all files are read, in rank order (with `cpu_all` kept)."""
+        """Called once all files are read, in rank order (before any is loaded: `source_rank` and
+        `path` are set, the events not yet)."""
 
     def prepare(self, rank: int, f: _File) -> None:
         """Called per rank before its ops are made (may add recorded shapes to `f.cpu_ops`)."""
@@ -748,7 +763,7 @@ def _ingest(
         report.iterations.extend(n for _, _, n in f.steps)
         if hook is None:  # this rank's events are no longer needed: free them before the next
             f.gpu, f.runtime, f.comms_ops, f.cpu_ops = [], [], [], []
-            f.gpu_launch, f.gpu_stream, f.gpu_bytes = [], [], []
+            f.gpu_launch, f.gpu_stream, f.gpu_bytes, f.gpu_kind = [], [], [], []
             del gpu_ops, launcher, launched
 
     groups_by_id = _match_collectives(ops, files, rank_of, report)
