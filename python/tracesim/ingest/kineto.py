@@ -48,8 +48,9 @@ import os
 import re
 from array import array
 from collections import Counter, defaultdict
-from collections.abc import Iterator, Sequence
+from collections.abc import Generator, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import closing
 from dataclasses import dataclass, field
 from decimal import Decimal
 from functools import lru_cache
@@ -279,7 +280,9 @@ READ_WORKERS = 4
 _Read = tuple[str, dict[str, pa.RecordBatch], list[tuple[str, int]], str | None]
 
 
-def _read_files(paths: Sequence[str | Path], time_unit: TimeUnit, keep_cpu: bool) -> Iterator[_Read]:
+def _read_files(
+    paths: Sequence[str | Path], time_unit: TimeUnit, keep_cpu: bool
+) -> Generator[_Read, None, None]:
     """The files read and split by class, in order, several at a time (the reader releases the
     GIL): up to READ_WORKERS at once, each holding its whole file's columns until it is split. The
     first failing file in the given order raises."""
@@ -523,10 +526,10 @@ def _ingest(
         raise TraceError("ingest kineto: no input files")
     report = IngestReport()
     keep_cpu = hook is not None
-    files = [
-        _File(Path(p), i, read, keep_cpu)
-        for i, (p, read) in enumerate(zip(paths, _read_files(paths, time_unit, keep_cpu), strict=True))
-    ]
+    with closing(_read_files(paths, time_unit, keep_cpu)) as reads:  # a failing file stops the reads
+        files = [
+            _File(Path(p), i, read, keep_cpu) for i, (p, read) in enumerate(zip(paths, reads, strict=True))
+        ]
     seen: dict[int, Path] = {}
     for f in files:
         if f.source_rank in seen:
