@@ -1,4 +1,5 @@
-//! tracesim's core: the replay engine and hardware models. Deterministic, no I/O.
+//! tracesim's core: the replay engine and hardware models (deterministic, no I/O), and the
+//! streaming readers of large trace files (`json_stream`, `kineto_json`, `kineto_classes`).
 //!
 //! Python reaches it through `src/python/` (feature `python`); Rust users call [`simulate`].
 
