@@ -15,7 +15,9 @@ import pytest
 import tracesim
 from benches.identity_kineto import identity
 from tests.unit.test_cli_errors import run_cli
+from tracesim.exceptions import TraceError
 from tracesim.ingest import ingest_kineto
+from tracesim.ingest.kineto import expand_kineto_paths
 
 DATA = Path(__file__).resolve().parents[2].parent / "shared" / "data"
 
@@ -173,6 +175,34 @@ def test_cli_ingest(two_ranks: list[Path], tmp_path: Path) -> None:
     assert trace.ranks == 2 and trace.meta["source_ranks"] == [0, 1]
     proc = run_cli("ingest", "kineto", tmp_path / "missing.json", "--out", tmp_path / "t2")
     assert proc.returncode != 0 and "missing.json" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_directory_of_rank_files(two_ranks: list[Path], tmp_path: Path) -> None:
+    """A directory stands for its .json/.json.gz files (as tensorboard_trace_handler writes them);
+    ranks still come from distributedInfo, and file order (natural: 2 before 10) only for the
+    files without it."""
+    (tmp_path / "notes.txt").write_text("not a trace")
+    by_dir, rep = ingest_kineto([tmp_path])
+    by_files, _ = ingest_kineto(two_ranks)
+    assert by_dir.ops.equals(by_files.ops) and rep.source_ranks == [0, 1]
+    assert expand_kineto_paths([tmp_path]) == [
+        tmp_path / "rank0.pt.trace.json.gz",
+        tmp_path / "rank1.pt.trace.json",
+    ]
+    names = ["w10.json", "w2.json", "w1.json.gz"]
+    plain = tmp_path / "plain"
+    plain.mkdir()
+    for n in names:
+        (plain / n).write_text("{}")
+    assert [q.name for q in expand_kineto_paths([plain])] == ["w1.json.gz", "w2.json", "w10.json"]
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    with pytest.raises(TraceError, match=r"empty: directory without \.json or \.json\.gz files"):
+        ingest_kineto([empty])
+    out = tmp_path / "trace"
+    proc = run_cli("ingest", "kineto", tmp_path, "--out", out)
+    assert proc.returncode == 0, proc.stderr
+    assert tracesim.read_trace(out).ranks == 2
 
 
 def _real(rel: str) -> Path:

@@ -225,7 +225,11 @@ def _write_ingested(trace: Trace, report: list[str], out: Path, overwrite: bool)
 @ingest_app.command(name="kineto")
 def ingest_kineto_cmd(
     files: Annotated[
-        list[Path], typer.Argument(help="Kineto Chrome-trace JSON files (.json or .json.gz), one per rank")
+        list[Path],
+        typer.Argument(
+            help="Kineto Chrome-trace JSON files (.json or .json.gz), one per rank; a directory: "
+            "the .json/.json.gz files in it"
+        ),
     ],
     out: Annotated[Path, typer.Option("--out", help="trace directory to write")],
     time_unit: Annotated[

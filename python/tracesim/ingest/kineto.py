@@ -500,8 +500,32 @@ class _Hook(Protocol):
 
 
 def ingest_kineto(paths: Sequence[str | Path], *, time_unit: TimeUnit = "auto") -> tuple[Trace, IngestReport]:
-    """Reads Kineto Chrome-trace files (one per rank) into a validated trace and a report."""
-    return _ingest_kineto(paths, time_unit, None)
+    """Reads Kineto Chrome-trace files (one per rank; a directory stands for the `*.json` and
+    `*.json.gz` files in it, as the profiler's `tensorboard_trace_handler` writes them) into a
+    validated trace and a report."""
+    return _ingest_kineto(expand_kineto_paths(paths), time_unit, None)
+
+
+DIGITS = re.compile(r"(\d+)")
+
+
+def expand_kineto_paths(paths: Sequence[str | Path]) -> list[Path]:
+    """The files as given, a directory replaced by its `*.json`/`*.json.gz` files, in natural
+    name order (rank2 before rank10: the order gives the ranks of files without
+    `distributedInfo`)."""
+    out: list[Path] = []
+    for p in map(Path, paths):
+        if p.is_dir():
+            found = sorted(
+                (q for q in p.iterdir() if q.is_file() and q.name.endswith((".json", ".json.gz"))),
+                key=lambda q: [(0, int(t), "") if t.isdigit() else (1, 0, t) for t in DIGITS.split(q.name)],
+            )
+            if not found:
+                raise TraceError(f"{p}: directory without .json or .json.gz files")
+            out.extend(found)
+        else:
+            out.append(p)
+    return out
 
 
 def _ingest_kineto(
