@@ -94,7 +94,7 @@ impl<R: BufRead> Scanner<R> {
     }
 
     /// Consumes `c` (after whitespace) or fails with `what`.
-    pub fn expect(&mut self, c: u8, what: &str) -> Result<(), ScanError> {
+    pub fn eat(&mut self, c: u8, what: &str) -> Result<(), ScanError> {
         match self.peek()? {
             Some(b) if b == c => {
                 self.consume(1);
@@ -102,6 +102,33 @@ impl<R: BufRead> Scanner<R> {
             }
             Some(_) => Err(self.error(what)),
             None => Err(self.error("EOF while parsing")),
+        }
+    }
+
+    /// In an object, after its `{`: the next key (its `:` consumed), or None at the object's `}`
+    /// (consumed). `first`: no field read yet, so no `,` before it. `buf` holds the key's text.
+    pub fn next_key(&mut self, first: bool, buf: &mut Vec<u8>) -> Result<Option<String>, ScanError> {
+        if self.peek()? == Some(b'}') {
+            self.consume(1);
+            return Ok(None);
+        }
+        if !first {
+            self.eat(b',', "expected ',' or '}' after an object value")?;
+        }
+        let at = self.value(buf)?;
+        if buf.first() != Some(&b'"') {
+            return Err(self.error("key must be a string"));
+        }
+        let key: String = serde_json::from_slice(buf).map_err(|e| json_error(&e, at))?;
+        self.eat(b':', "expected ':'")?;
+        Ok(Some(key))
+    }
+
+    /// Only whitespace may follow.
+    pub fn end(&mut self) -> Result<(), ScanError> {
+        match self.peek()? {
+            Some(_) => Err(self.error("trailing characters")),
+            None => Ok(()),
         }
     }
 
@@ -257,7 +284,7 @@ impl ListReader {
             // Not an object: read it (an error if it is not JSON), give no elements.
             let at = self.scan.value(&mut self.buf)?;
             serde_json::from_slice::<&RawValue>(&self.buf).map_err(|e| json_error(&e, at))?;
-            self.end()?;
+            self.scan.end()?;
             self.state = State::Done;
         }
         Ok(())
@@ -312,22 +339,8 @@ impl ListReader {
     /// The object's fields up to one of `keys` holding a list (its `[` consumed: true) or to the
     /// object's end (false; the text must end there).
     fn fields(&mut self, mut first: bool) -> Result<bool, ScanError> {
-        loop {
-            if self.scan.peek()? == Some(b'}') {
-                self.scan.consume(1);
-                self.end()?;
-                return Ok(false);
-            }
-            if !first {
-                self.scan.expect(b',', "expected ',' or '}' after an object value")?;
-            }
+        while let Some(key) = self.scan.next_key(first, &mut self.buf)? {
             first = false;
-            let at = self.scan.value(&mut self.buf)?;
-            if self.buf.first() != Some(&b'"') {
-                return Err(self.scan.error("key must be a string"));
-            }
-            let key: String = serde_json::from_slice(&self.buf).map_err(|e| json_error(&e, at))?;
-            self.scan.expect(b':', "expected ':'")?;
             if self.found.is_none() && self.keys.contains(&key) && self.scan.peek()? == Some(b'[') {
                 self.scan.consume(1);
                 self.found = Some(key);
@@ -338,14 +351,8 @@ impl ListReader {
             let text = std::str::from_utf8(&self.buf).map_err(|e| json_error_at(&format!("{e}"), at))?;
             self.header.push((key, text.to_owned()));
         }
-    }
-
-    /// Only whitespace may follow.
-    fn end(&mut self) -> Result<(), ScanError> {
-        match self.scan.peek()? {
-            Some(_) => Err(self.scan.error("trailing characters")),
-            None => Ok(()),
-        }
+        self.scan.end()?;
+        Ok(false)
     }
 }
 

@@ -157,23 +157,8 @@ fn read_top<R: BufRead>(scan: &mut Scanner<R>, cols: &mut Builders) -> Result<To
         Some(b'{') => {
             scan.consume(1);
             let mut first = true;
-            loop {
-                if scan.peek()? == Some(b'}') {
-                    scan.consume(1);
-                    break;
-                }
-                if !first {
-                    scan.expect(b',', "expected ',' or '}' after an object value")?;
-                }
+            while let Some(key) = scan.next_key(first, &mut buf)? {
                 first = false;
-                let at = scan.value(&mut buf)?;
-                let key: Cow<'_, str> = if buf.first() == Some(&b'"') {
-                    serde_json::from_slice(&buf).map_err(|e| json_error(&e, at))?
-                } else {
-                    return Err(scan.error("key must be a string"));
-                };
-                let key = key.into_owned();
-                scan.expect(b':', "expected ':'")?;
                 if key == "traceEvents" && scan.peek()? == Some(b'[') {
                     read_events(scan, cols, &mut buf)?;
                     top.has_events = true;
@@ -197,9 +182,7 @@ fn read_top<R: BufRead>(scan: &mut Scanner<R>, cols: &mut Builders) -> Result<To
             serde_json::from_slice::<IgnoredAny>(&buf).map_err(|e| json_error(&e, at))?;
         }
     }
-    if scan.peek()?.is_some() {
-        return Err(scan.error("trailing characters"));
-    }
+    scan.end()?;
     Ok(top)
 }
 
@@ -436,27 +419,40 @@ impl<'de> Visitor<'de> for ElementVisitor {
         Ok(Element(None))
     }
     fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
-        let mut ev = Event::default();
-        while let Some(key) = map.next_key::<Cow<'de, str>>()? {
-            let slot = match key.as_ref() {
-                "ph" => &mut ev.ph,
-                "name" => &mut ev.name,
-                "cat" => &mut ev.cat,
-                "pid" => &mut ev.pid,
-                "tid" => &mut ev.tid,
-                "ts" => &mut ev.ts,
-                "dur" => &mut ev.dur,
-                "id" => &mut ev.id,
-                "args" => &mut ev.args,
-                _ => {
-                    map.next_value::<IgnoredAny>()?;
-                    continue;
-                }
-            };
-            *slot = Some(map.next_value::<&'de RawValue>()?);
-        }
-        Ok(Element(Some(ev)))
+        let [ph, name, cat, pid, tid, ts, dur, id, args] = raw_fields(
+            &mut map,
+            &["ph", "name", "cat", "pid", "tid", "ts", "dur", "id", "args"],
+        )?;
+        Ok(Element(Some(Event {
+            ph,
+            name,
+            cat,
+            pid,
+            tid,
+            ts,
+            dur,
+            id,
+            args,
+        })))
     }
+}
+
+/// The raw JSON of the fields `keys` of an object (a key given twice: the last); the others are
+/// skipped unread.
+fn raw_fields<'de, A: MapAccess<'de>, const N: usize>(
+    map: &mut A,
+    keys: &[&str; N],
+) -> Result<[Option<&'de RawValue>; N], A::Error> {
+    let mut out = [None; N];
+    while let Some(key) = map.next_key::<Cow<'de, str>>()? {
+        match keys.iter().position(|k| *k == key).and_then(|i| out.get_mut(i)) {
+            Some(slot) => *slot = Some(map.next_value::<&'de RawValue>()?),
+            None => {
+                map.next_value::<IgnoredAny>()?;
+            }
+        }
+    }
+    Ok(out)
 }
 
 /// The `args` fields the ingester reads, as raw JSON (a key given twice: the last).
@@ -487,26 +483,31 @@ impl<'de> Visitor<'de> for ArgsVisitor {
         f.write_str("an args object")
     }
     fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
-        let mut a = Args::default();
-        while let Some(key) = map.next_key::<Cow<'de, str>>()? {
-            let slot = match key.as_ref() {
-                "correlation" => &mut a.correlation,
-                "stream" => &mut a.stream,
-                "bytes" => &mut a.bytes,
-                "Input Dims" => &mut a.dims,
-                "Input dims" => &mut a.dims_lower,
-                "Input type" => &mut a.types,
-                "Input types" => &mut a.types_plural,
-                "Concrete Inputs" => &mut a.concrete,
-                "Collective name" => &mut a.coll,
-                _ => {
-                    map.next_value::<IgnoredAny>()?;
-                    continue;
-                }
-            };
-            *slot = Some(map.next_value::<&'de RawValue>()?);
-        }
-        Ok(a)
+        let [correlation, stream, bytes, dims, dims_lower, types, types_plural, concrete, coll] = raw_fields(
+            &mut map,
+            &[
+                "correlation",
+                "stream",
+                "bytes",
+                "Input Dims",
+                "Input dims",
+                "Input type",
+                "Input types",
+                "Concrete Inputs",
+                "Collective name",
+            ],
+        )?;
+        Ok(Args {
+            correlation,
+            stream,
+            bytes,
+            dims,
+            dims_lower,
+            types,
+            types_plural,
+            concrete,
+            coll,
+        })
     }
 }
 
