@@ -70,7 +70,7 @@ pub enum TimeUnit {
 }
 
 /// Splits `cols` into classes (see [`KinetoClasses`]). `keep_cpu`: also every CPU operator and
-/// annotation (`cpu_all`, in file order), and the recorded CPU ops with their whole `args`.
+/// annotation (`cpu_all`, in file order, with their whole `args`).
 pub fn split(
     cols: KinetoColumns,
     unit: TimeUnit,
@@ -195,7 +195,6 @@ pub fn split(
     let (rt_rows, gpu_rows) = (rows_of(Class::Runtime), rows_of(Class::Gpu));
     let launch = launches(&src, ts, &rt_rows, &gpu_rows, &rows_of(Class::Flow));
     let ev = &["ts", "dur", "name", "cat", "pid", "tid"][..];
-    let args_or_shapes = if keep_cpu { "args" } else { "shapes" };
     let mut classes = vec![
         ("runtime", take(&src, ts, dur, &rt_rows, ev)),
         (
@@ -214,13 +213,7 @@ pub fn split(
         ),
         (
             "recorded",
-            take(
-                &src,
-                ts,
-                dur,
-                &rows_of(Class::Recorded),
-                &[ev, &[args_or_shapes]].concat(),
-            ),
+            take(&src, ts, dur, &rows_of(Class::Recorded), &[ev, &["shapes"]].concat()),
         ),
         (
             "steps",

@@ -1,5 +1,6 @@
 //! tracesim's core: the replay engine and hardware models (deterministic, no I/O), and the
-//! streaming readers of large trace files (`json_stream`, `kineto_json`, `kineto_classes`).
+//! streaming readers of large trace files (`json_stream`, `kineto_json`, `kineto_classes`) and the
+//! Kineto mapping (`kineto_map`).
 //!
 //! Python reaches it through `src/python/` (feature `python`); Rust users call [`simulate`].
 
@@ -14,6 +15,7 @@ pub mod graph;
 pub mod json_stream;
 pub mod kineto_classes;
 pub mod kineto_json;
+pub mod kineto_map;
 pub mod memory;
 pub mod model;
 pub mod summary;

@@ -10,6 +10,8 @@ __all__ = [
     "TraceError",
     "TracesimError",
     "__version__",
+    "kineto_innermost",
+    "map_kineto_rank",
     "op_times",
     "read_kineto_file",
     "simulate",
@@ -39,6 +41,20 @@ def simulate(
 def read_kineto_file(
     path: str | os.PathLike[str], time_unit: str = "auto", keep_cpu: bool = False
 ) -> tuple[str, dict[str, pa.RecordBatch], list[tuple[str, int]], str | None]: ...
+def map_kineto_rank(
+    runtime: pa.RecordBatch,
+    names: list[str],
+    threads: int,
+    gpu: pa.RecordBatch,
+    streams: int,
+    steps: pa.RecordBatch,
+    comms: pa.RecordBatch,
+    extra_deps: pa.RecordBatch,
+    base: int,
+) -> tuple[pa.RecordBatch, list[tuple[str, int]]]: ...
+def kineto_innermost(
+    calls: pa.RecordBatch, events: pa.RecordBatch
+) -> tuple[pa.RecordBatch, pa.RecordBatch]: ...
 
 @final
 class JsonListReader:

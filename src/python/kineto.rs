@@ -5,6 +5,11 @@ use std::path::PathBuf;
 
 use pyo3::exceptions::PyValueError;
 use pyo3::prelude::*;
+use std::sync::Arc;
+
+use arrow_array::builder::{Int64Builder, LargeListBuilder};
+use arrow_array::{Array, ArrayRef, BooleanArray, Int64Array, RecordBatch};
+use arrow_schema::{Field, Schema};
 use pyo3::types::{PyDict, PyString};
 use pyo3_arrow::PyRecordBatch;
 
@@ -12,6 +17,7 @@ use super::errors::TraceError;
 use crate::json_stream::ListReader;
 use crate::kineto_classes::{split, TimeUnit};
 use crate::kineto_json::read_kineto_file as read_file;
+use crate::kineto_map::{innermost, map_rank, Intervals, RankEvents};
 
 /// (time unit "us"/"ns", {class: pyarrow RecordBatch}, [(unmapped class, count)],
 /// `distributedInfo` JSON text).
@@ -20,7 +26,7 @@ type KinetoFile<'py> = (&'static str, Bound<'py, PyDict>, Vec<(String, u64)>, Op
 /// Reads a Kineto Chrome-trace file (plain or gzip), streaming, and splits its events by the
 /// class the ingester maps them to (`tracesim.ingest.kineto`); a missing, unreadable or malformed
 /// file raises `TraceError` naming `path`. `time_unit`: "auto", "us" or "ns". `keep_cpu`: also
-/// every CPU operator and annotation (`cpu_all`), and whole `args` of recorded CPU ops.
+/// every CPU operator and annotation (`cpu_all`, with their whole `args`).
 #[pyfunction]
 #[pyo3(signature = (path, time_unit = "auto", keep_cpu = false))]
 pub fn read_kineto_file<'py>(
@@ -97,4 +103,169 @@ impl JsonListReader {
     fn header(&self) -> Vec<(String, String)> {
         self.inner.header.clone()
     }
+}
+
+/// The values of an Int64 column without nulls (ValueError otherwise: the caller built it wrong).
+fn ints<'b>(batch: &'b RecordBatch, name: &str) -> PyResult<&'b [i64]> {
+    let col = batch
+        .column_by_name(name)
+        .and_then(|c| c.as_any().downcast_ref::<Int64Array>())
+        .ok_or_else(|| PyValueError::new_err(format!("no int64 column '{name}'")))?;
+    if col.null_count() > 0 {
+        return Err(PyValueError::new_err(format!("column '{name}' has nulls")));
+    }
+    Ok(col.values())
+}
+
+fn intervals<'b>(batch: &'b RecordBatch, thread: &str) -> PyResult<Intervals<'b>> {
+    Ok(Intervals {
+        ts: ints(batch, "ts")?,
+        end: ints(batch, "end")?,
+        thread: ints(batch, thread)?,
+    })
+}
+
+fn batch_of(columns: Vec<(&str, ArrayRef)>) -> PyResult<RecordBatch> {
+    let fields: Vec<Field> = columns
+        .iter()
+        .map(|(n, a)| Field::new(*n, a.data_type().clone(), true))
+        .collect();
+    RecordBatch::try_new(
+        Arc::new(Schema::new(fields)),
+        columns.into_iter().map(|c| c.1).collect(),
+    )
+    .map_err(|e| PyValueError::new_err(e.to_string()))
+}
+
+/// (ops, [(count name, count)]).
+type MappedRank<'py> = (Bound<'py, PyAny>, Vec<(&'static str, u64)>);
+
+/// One rank's Kineto events made into ops (`crate::kineto_map`; times in absolute ns).
+/// `runtime`: ts, end, thread (0..threads), name (index into `names`); `gpu`: ts, end, stream
+/// (0..streams), launch (row of `runtime`, -1: none), nccl (bool); `steps`: start, end, n,
+/// sorted; `comms`: ts, end, thread; `extra_deps`: consumer, producer (GPU op rows).
+/// Returns (ops, counts): ops has a row per op, GPU ops first (in input order) then host ops,
+/// with start, dur, stream, name (host ops: `HostName` code), deps (keys = rows), iteration and
+/// comms (GPU ops: the enclosing record_param_comms row, NCCL kernels only).
+#[pyfunction]
+#[allow(clippy::too_many_arguments)]
+pub fn map_kineto_rank<'py>(
+    py: Python<'py>,
+    runtime: PyRecordBatch,
+    names: Vec<String>,
+    threads: i64,
+    gpu: PyRecordBatch,
+    streams: i64,
+    steps: PyRecordBatch,
+    comms: PyRecordBatch,
+    extra_deps: PyRecordBatch,
+    base: i64,
+) -> PyResult<MappedRank<'py>> {
+    let (runtime, gpu, steps, comms, extra) = (
+        runtime.into_inner(),
+        gpu.into_inner(),
+        steps.into_inner(),
+        comms.into_inner(),
+        extra_deps.into_inner(),
+    );
+    let nccl = gpu
+        .column_by_name("nccl")
+        .and_then(|c| c.as_any().downcast_ref::<BooleanArray>())
+        .ok_or_else(|| PyValueError::new_err("no bool column 'nccl'"))?;
+    let nccl: Vec<bool> = (0..nccl.len()).map(|i| nccl.is_valid(i) && nccl.value(i)).collect();
+    let step_rows: Vec<(i64, i64, i64)> = {
+        let (s, e, n) = (ints(&steps, "start")?, ints(&steps, "end")?, ints(&steps, "n")?);
+        if s.len() != e.len() || s.len() != n.len() {
+            return Err(PyValueError::new_err("steps: columns of unequal length"));
+        }
+        (0..s.len()).map(|i| (s[i], e[i], n[i])).collect()
+    };
+    let extra: Vec<(usize, usize)> = {
+        let (c, p) = (ints(&extra, "consumer")?, ints(&extra, "producer")?);
+        if c.len() != p.len() || c.iter().chain(p).any(|&x| x < 0) {
+            return Err(PyValueError::new_err("extra_deps: unequal lengths or negative rows"));
+        }
+        c.iter().zip(p).map(|(&c, &p)| (c as usize, p as usize)).collect()
+    };
+    let ev = RankEvents {
+        base,
+        runtime: intervals(&runtime, "thread")?,
+        runtime_name: ints(&runtime, "name")?,
+        names: &names,
+        threads,
+        gpu_ts: ints(&gpu, "ts")?,
+        gpu_end: ints(&gpu, "end")?,
+        gpu_stream: ints(&gpu, "stream")?,
+        gpu_launch: ints(&gpu, "launch")?,
+        gpu_nccl: &nccl,
+        streams,
+        steps: &step_rows,
+        comms: intervals(&comms, "thread")?,
+        extra_deps: &extra,
+    };
+    let out = py.detach(|| map_rank(&ev)).map_err(PyValueError::new_err)?;
+    let g = out.gpu_deps.len();
+    let n = out.start.len();
+    let mut deps = LargeListBuilder::new(Int64Builder::new());
+    for j in 0..n {
+        if j < g {
+            deps.values().append_slice(&out.gpu_deps[j]);
+        } else if out.host_dep[j - g] >= 0 {
+            deps.values().append_value(out.host_dep[j - g]);
+        }
+        deps.append(true);
+    }
+    let gpu_only = |v: &dyn Fn(usize) -> Option<i64>| -> ArrayRef {
+        Arc::new((0..n).map(|j| if j < g { v(j) } else { None }).collect::<Int64Array>())
+    };
+    let batch = batch_of(vec![
+        ("start", Arc::new(Int64Array::from(out.start.clone()))),
+        ("dur", Arc::new(Int64Array::from(out.dur.clone()))),
+        ("stream", Arc::new(Int64Array::from(out.stream.clone()))),
+        (
+            "name",
+            Arc::new(
+                (0..n)
+                    .map(|j| (j >= g).then(|| out.host_name[j - g]))
+                    .collect::<Int64Array>(),
+            ),
+        ),
+        ("deps", Arc::new(deps.finish())),
+        ("iteration", gpu_only(&|j| out.iteration[j])),
+        ("comms", gpu_only(&|j| (out.comms[j] >= 0).then_some(out.comms[j]))),
+    ])?;
+    let c = out.counts;
+    let counts = vec![
+        ("launch_deps", c.launch_deps),
+        ("sync_deps", c.sync_deps),
+        ("inferred_stream_deps", c.inferred_stream_deps),
+        ("graph_node_waits", c.graph_node_waits),
+        ("orphan_gpu_ops", c.orphan_gpu_ops),
+        ("nested_runtime_calls", c.nested_runtime_calls),
+    ];
+    Ok((PyRecordBatch::new(batch).into_pyarrow(py)?, counts))
+}
+
+/// For each call (`calls`: ts, thread) the innermost of `events` (ts, end, thread) enclosing it
+/// on its thread, and for each event the one enclosing it (`crate::kineto_map::innermost`; -1:
+/// none): a RecordBatch (inner) and one (parent).
+#[pyfunction]
+pub fn kineto_innermost<'py>(
+    py: Python<'py>,
+    calls: PyRecordBatch,
+    events: PyRecordBatch,
+) -> PyResult<(Bound<'py, PyAny>, Bound<'py, PyAny>)> {
+    let (calls, events) = (calls.into_inner(), events.into_inner());
+    let (call_ts, call_thread) = (ints(&calls, "ts")?, ints(&calls, "thread")?);
+    let evs = intervals(&events, "thread")?;
+    if call_ts.len() != call_thread.len() || evs.end.len() != evs.ts.len() || evs.thread.len() != evs.ts.len() {
+        return Err(PyValueError::new_err("columns of unequal length"));
+    }
+    let (inner, parent) = py.detach(|| innermost(call_ts, call_thread, &evs));
+    let inner = batch_of(vec![("inner", Arc::new(Int64Array::from(inner)))])?;
+    let parent = batch_of(vec![("parent", Arc::new(Int64Array::from(parent)))])?;
+    Ok((
+        PyRecordBatch::new(inner).into_pyarrow(py)?,
+        PyRecordBatch::new(parent).into_pyarrow(py)?,
+    ))
 }

@@ -30,21 +30,35 @@ Every ET node and Kineto CPU op is counted as matched or not, by kind, in the `P
 
 from __future__ import annotations
 
-import bisect
-from collections import Counter, defaultdict
+import json
+from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+import pyarrow as pa
+
+from tracesim._core import kineto_innermost
 from tracesim.exceptions import TraceError
 from tracesim.ingest._common import _counter_lines, _JsonList
 from tracesim.ingest.chakra import ET_ROOTS, RANK_RE, _et_attrs
-from tracesim.ingest.kineto import IngestReport, TimeUnit, _Ev, _File, _ingest_kineto, _Op
+from tracesim.ingest.kineto import (
+    IngestReport,
+    TimeUnit,
+    _args,
+    _counted,
+    _File,
+    _ingest_kineto,
+    _ints,
+    _Rank,
+)
 from tracesim.trace import Trace
 
 RF_KEY = "Record function id"
 EXT_KEY = "External id"
+CONCRETE = "Concrete Inputs"
 # Of the ET nodes whose id is found in the Kineto trace, at least this share must agree on the
 # name, else the two files are not of the same run (and matching by id would be wrong).
 MIN_NAME_AGREEMENT = 0.5
@@ -202,8 +216,8 @@ def _kineto_dims(shapes: Any, types: Any) -> tuple[list[Any], list[str]] | None:
 class _RankLink:
     et_path: Path
     nodes: list[_Node] = field(default_factory=list)
-    matched: dict[int, int] = field(default_factory=dict)  # id(Kineto _Ev) → index into nodes
-    events: list[_Ev] = field(default_factory=list)  # matched Kineto CPU ops
+    matched: dict[int, int] = field(default_factory=dict)  # row of the Kineto CPU op → index into nodes
+    events: list[int] = field(default_factory=list)  # rows of the matched Kineto CPU ops, in node order
 
 
 class _Pairing:
@@ -244,15 +258,27 @@ class _Pairing:
                 self.et_of_rank[rank] = self.et_paths[i]
         self.report.et_files = [str(self.et_of_rank[r]) for r in range(len(files))]
 
-    def prepare(self, rank: int, f: _File) -> None:
+    def prepare(self, rank: int, f: _File, r: _Rank) -> pa.RecordBatch | None:
         et_path = self.et_of_rank[rank]
         rep = self.report
         header, nodes = _read_et(et_path)
         link = _RankLink(et_path, nodes)
         self.links[rank] = link
         rep.et_nodes += len(nodes)
-        cpu = f.cpu_all
-        pids = Counter(ev.thread[0] for ev in cpu)
+        cpu = r.cpu_all
+        assert cpu is not None
+        names = cpu.column("name").to_pylist()
+        cats = cpu.column("cat").to_pylist()
+        ts = cpu.column("ts").to_pylist()
+        # Of each CPU op's args, only what the pairing reads.
+        wanted: dict[str, list[Any]] = {RF_KEY: [], EXT_KEY: [], "dims": [], CONCRETE: []}
+        for text in cpu.column("args").to_pylist():
+            a = _args(text, f.path)
+            wanted[RF_KEY].append(a.get(RF_KEY))
+            wanted[EXT_KEY].append(a.get(EXT_KEY))
+            wanted["dims"].append("Input Dims" in a or "Input dims" in a)
+            wanted[CONCRETE].append(a.get(CONCRETE))
+        pids = Counter(cpu.column("pid").to_pylist())
         et_pid = _int_field(header.get("pid"))
         if et_pid is not None and pids:
             kpid = pids.most_common(1)[0][0]
@@ -261,20 +287,20 @@ class _Pairing:
                     f"{et_path}: pid {et_pid} is not the pid {kpid} of the CPU ops of {f.path}: "
                     "not traces of the same process"
                 )
-        use_rf = any(_int_field(ev.args.get(RF_KEY)) not in (None, 0) for ev in cpu)
+        use_rf = any(_int_field(v) not in (None, 0) for v in wanted[RF_KEY])
         key = RF_KEY if use_rf else EXT_KEY
         rep.keys.append(key)
-        by_key: dict[int, _Ev] = {}
-        for ev in cpu:
-            raw = ev.args.get(key)
+        by_key: dict[int, int] = {}
+        for row, raw in enumerate(wanted[key]):
             if raw is None:
                 continue
             k = _int_field(raw)
             if k is None:
                 raise TraceError(
-                    f"{f.path}: {ev.cat} '{ev.name}' at ts {ev.ts} ns: '{key}' is not an integer: {raw!r}"
+                    f"{f.path}: {cats[row]} '{names[row]}' at ts {ts[row]} ns: "
+                    f"'{key}' is not an integer: {raw!r}"
                 )
-            by_key.setdefault(k, ev)
+            by_key.setdefault(k, row)
         found = agree = 0
         for i, n in enumerate(nodes):
             kind = _et_kind(n.name)
@@ -289,15 +315,15 @@ class _Pairing:
                 rep.et_unmatched[f"{kind} (rf_id not in the Kineto trace)"] += 1
                 continue
             found += 1
-            if hit.name != n.name:
+            if names[hit] != n.name:
                 rep.et_unmatched[f"{kind} (Kineto op of that id has another name)"] += 1
                 continue
             agree += 1
-            if id(hit) in link.matched:
+            if hit in link.matched:
                 rep.et_unmatched[f"{kind} (Kineto op already matched)"] += 1
                 continue
             rep.et_matched[kind] += 1
-            link.matched[id(hit)] = i
+            link.matched[hit] = i
             link.events.append(hit)
         if agree == 0:
             raise TraceError(
@@ -310,37 +336,70 @@ class _Pairing:
                 f"{et_path} and {f.path}: only {agree:,} of the {found:,} ET operators whose rf_id is "
                 f"a Kineto '{key}' have the same name there: not traces of the same run"
             )
-        for ev in cpu:
-            if id(ev) not in link.matched:
-                rep.kineto_unmatched[f"{ev.cat} {_et_kind(ev.name)}"] += 1
+        for row in range(cpu.num_rows):
+            if row not in link.matched:
+                rep.kineto_unmatched[f"{cats[row]} {_et_kind(names[row])}"] += 1
         # Recorded shapes from the ET where the Kineto trace has none (costs of the kernels).
-        for ev in link.events:
-            if not ev.cpu_op or "Input Dims" in ev.args or "Input dims" in ev.args:
+        is_op = cpu.column("cpu_op").to_pylist()
+        rows: list[int] = []
+        shapes: list[str] = []
+        for row in link.events:
+            if not is_op[row] or wanted["dims"][row]:
                 continue
-            n = nodes[link.matched[id(ev)]]
+            n = nodes[link.matched[row]]
             dims = _kineto_dims(n.shapes, n.types)
             if dims is None:
                 continue
-            ev.args["Input Dims"], ev.args["Input type"] = dims
-            f.cpu_ops.append(ev)
+            fields: dict[str, Any] = {"Input Dims": dims[0], "Input type": dims[1]}
+            if wanted[CONCRETE][row] is not None:
+                fields[CONCRETE] = wanted[CONCRETE][row]
+            rows.append(row)
+            shapes.append(json.dumps(fields))
             rep.shapes_from_et += 1
+        if not rows:
+            return None
+        take = pa.array(rows, pa.int64())
+        return pa.record_batch(
+            {
+                "ts": cpu.column("ts").take(take),
+                "end": cpu.column("end").take(take),
+                "thread": cpu.column("thread").take(take),
+                "name": cpu.column("name").take(take).cast(pa.string()),
+                "shapes": pa.array(shapes, pa.string()),
+            }
+        )
 
-    def link(self, rank: int, f: _File, launcher: dict[int, int], gpu_ops: list[_Op]) -> None:
+    def link(self, rank: int, f: _File, r: _Rank) -> list[tuple[int, int]]:
         rep = self.report
         link = self.links[rank]
-        owner = _innermost(link.events, f, launcher)  # runtime call index → matched Kineto op
-        kernels: dict[int, list[int]] = defaultdict(list)  # ET node index → GPU op indices
-        for j in range(len(f.gpu)):
-            li = launcher.get(j)
-            if li is None:
-                rep.gpu_without_et["launch not in the trace"] += 1
-                continue
-            enc = owner.get(li)
-            if enc is None:
-                rep.gpu_without_et["launched outside any CPU op matched in the ET"] += 1
-                continue
-            kernels[link.matched[id(enc)]].append(j)
-            rep.gpu_with_et += 1
+        cpu = r.cpu_all
+        assert cpu is not None
+        gpu = r.gpu
+        launch = _ints(gpu.column("launch"))
+        # The innermost matched Kineto op enclosing each runtime call, as an index into the ET nodes.
+        events = pa.array(link.events, pa.int64())
+        inner_b, _ = kineto_innermost(
+            pa.record_batch({"ts": r.runtime.column("ts"), "thread": r.runtime.column("thread")}),
+            pa.record_batch({c: cpu.column(c).take(events) for c in ("ts", "end", "thread")}),
+        )
+        node_of_event = np.array([link.matched[row] for row in link.events] + [-1], np.int64)
+        node_of_call = node_of_event[_ints(inner_b.column("inner"))]  # -1 → the appended -1
+        node = np.where(launch >= 0, node_of_call[np.maximum(launch, 0)] if len(node_of_call) else -1, -1)
+        reason = np.where(launch < 0, 0, 1)[node < 0]
+        why = ["launch not in the trace", "launched outside any CPU op matched in the ET"]
+        _counted(
+            rep.gpu_without_et,
+            np.flatnonzero(node < 0),
+            [why[c] for c in reason.tolist()],
+            np.ones(len(reason), np.int64),
+        )
+        rep.gpu_with_et += int((node >= 0).sum())
+        with_node = np.flatnonzero(node >= 0)
+        by_node = with_node[np.argsort(node[with_node], kind="stable")]
+        bounds = np.flatnonzero(np.diff(node[by_node])) + 1
+        kernels: dict[int, list[int]] = {
+            int(node[part[0]]): part.tolist() for part in np.split(by_node, bounds) if len(part)
+        }
         # Data flow: the last operator with GPU ops that wrote a storage produces it.
         producer: dict[tuple[Any, Any], int] = {}
         pairs: list[tuple[int, int]] = []
@@ -359,54 +418,29 @@ class _Pairing:
             _storages(n.outputs, outs)
             for s in outs:
                 producer[s] = i
+        start = _ints(gpu.column("ts"))
+        end = _ints(gpu.column("end"))
+        stream = _ints(gpu.column("stream"))
+        deps: list[tuple[int, int]] = []
+        added: set[tuple[int, int]] = set()
         for p, c in pairs:
-            last = max(kernels[p], key=lambda j: (gpu_ops[j].start + gpu_ops[j].dur, j))
-            src = gpu_ops[last]
-            firsts: dict[int, _Op] = {}
+            src = max(kernels[p], key=lambda j: (end[j], j))
+            firsts: dict[int, int] = {}
             for j in kernels[c]:
-                op = gpu_ops[j]
-                if op.stream not in firsts or op.start < firsts[op.stream].start:
-                    firsts[op.stream] = op
-            for op in firsts.values():
-                if op.stream == src.stream:
+                sj = int(stream[j])
+                if sj not in firsts or start[j] < start[firsts[sj]]:
+                    firsts[sj] = j
+            for j in firsts.values():
+                if stream[j] == stream[src]:
                     rep.data_deps_same_stream += 1
-                elif src.start + src.dur <= op.start and (src.start, src.stream) < (op.start, op.stream):
-                    if src.key not in op.deps:
-                        op.deps.append(src.key)
+                elif end[src] <= start[j] and (start[src], stream[src]) < (start[j], stream[j]):
+                    if (j, src) not in added:
+                        added.add((j, src))
+                        deps.append((j, src))
                         rep.data_deps += 1
                 else:
                     rep.data_deps_contradicted += 1
-
-
-def _innermost(events: list[_Ev], f: _File, launcher: dict[int, int]) -> dict[int, _Ev]:
-    """Launching runtime call index → the innermost of `events` enclosing it on its thread."""
-    by_thread: dict[Any, list[_Ev]] = defaultdict(list)
-    for ev in events:
-        by_thread[ev.thread].append(ev)
-    calls: dict[Any, list[int]] = defaultdict(list)
-    for i in sorted(set(launcher.values())):
-        calls[f.runtime[i].thread].append(i)
-    out: dict[int, _Ev] = {}
-    for thread, idx in calls.items():
-        evs = sorted(by_thread.get(thread, []), key=lambda e: (e.ts, -e.end))
-        starts = [e.ts for e in evs]
-        idx.sort(key=lambda i: f.runtime[i].ts)
-        stack: list[_Ev] = []
-        p = 0
-        for i in idx:
-            t = f.runtime[i].ts
-            hi = bisect.bisect_right(starts, t)
-            while p < hi:
-                ev = evs[p]
-                while stack and stack[-1].end < ev.ts:
-                    stack.pop()
-                stack.append(ev)
-                p += 1
-            while stack and stack[-1].end < t:
-                stack.pop()
-            if stack:
-                out[i] = stack[-1]
-    return out
+        return deps
 
 
 def ingest_pytorch_et_kineto(

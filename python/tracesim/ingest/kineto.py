@@ -31,8 +31,12 @@ counted by class in the `IngestReport`.
 
 Reading: the file is streamed (and gunzipped) by the Rust core (`tracesim._core.read_kineto_file`)
 into Arrow columns, never held whole; there too events are classified, the unmapped ones counted
-and launches matched to GPU ops, and only the mapped classes reach Python (as columns; their
-events become Python objects one rank at a time, while it is mapped).
+and launches matched to GPU ops, and only the mapped classes reach Python, as columns. Mapping:
+each rank's ops, deps and host streams are made in Rust too (`tracesim._core.map_kineto_rank`,
+src/kineto_map.rs) from integer columns; Python works on columns (NumPy/Arrow) and on distinct
+values only: the cost of each distinct (CPU op, recorded shapes), the category of each distinct
+kernel name. No event becomes a Python object, except NCCL kernels (for their collective
+metadata and the matching across ranks; a trace has few).
 
 Times: Chrome-trace `ts`/`dur` are microseconds; they are read exactly (from their decimal text,
 never through a float) into integer nanoseconds. A trace with `displayTimeUnit: "ns"` whose times are all
@@ -42,29 +46,23 @@ three decimals and are read as microseconds (`time_unit` overrides the guess).
 
 from __future__ import annotations
 
-import bisect
 import json
 import os
 import re
-from array import array
 from collections import Counter, defaultdict
 from collections.abc import Generator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import closing
 from dataclasses import dataclass, field
 from decimal import Decimal
-from functools import lru_cache
-from itertools import chain
-from operator import attrgetter
 from pathlib import Path
 from typing import Any, Literal, Protocol
 
 import numpy as np
-import polars as pl
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from tracesim._core import read_kineto_file
+from tracesim._core import kineto_innermost, map_kineto_rank, read_kineto_file
 from tracesim.exceptions import TraceError
 from tracesim.ingest._common import (
     COLL_NAMES,
@@ -84,8 +82,6 @@ from tracesim.ingest._common import (
 from tracesim.trace import Trace
 
 TimeUnit = Literal["auto", "us", "ns"]
-
-BLOCKING_CALLS = {"cudaMemcpy", "cudaMemcpy2D", "hipMemcpy", "hipMemcpy2D"}
 
 
 @dataclass
@@ -155,32 +151,14 @@ class IngestReport:
 
 
 @dataclass(slots=True)
-class _Ev:
-    ts: int  # absolute ns
-    end: int
-    name: str
-    cat: str
-    thread: tuple[Any, Any]
-    args: dict[str, Any]
-    shapes: str | None = None  # recorded CPU ops: the JSON text of their shape fields (a cache key)
-    cpu_op: bool = False  # of `cpu_all`: an operator (not an annotation)
+class _Coll:
+    """The collective of an NCCL kernel: the only ops that become Python objects (a trace has
+    few), for their metadata and the matching across ranks."""
 
-
-_NO_ARGS: dict[str, Any] = {}  # shared by the events whose args the ingester reads from columns
-
-
-@dataclass(slots=True)
-class _Op:
-    key: int  # creation index, used for ordering ties and deps before op_ids exist
+    key: int  # the op's key (creation index over all ranks)
     rank: int
-    stream: int
-    name: str
-    kind: str
     start: int
-    dur: int
-    category: str | None = None
-    deps: list[int] = field(default_factory=list)  # keys
-    iteration: int | None = None
+    kind: str = "compute"
     coll: str | None = None
     dtype: str | None = None
     group_key: tuple[str, tuple[int, ...]] | None = None
@@ -188,34 +166,6 @@ class _Op:
     coll_seq: int | None = None
     group_id: int | None = None
     comm_problem: str | None = None
-    flops: float | None = None
-    bytes_read: int | None = None
-    bytes_written: int | None = None
-    gemm_m: int | None = None
-    gemm_n: int | None = None
-    gemm_k: int | None = None
-
-
-class _OpCols:
-    """Every op's fixed fields, column-wise and indexed by op key (start relative to the trace's
-    first event; `gpu`: index of the op's `_Op` in the GPU op list, -1 for host ops). Host ops exist
-    only here: they are most of the ops and need nothing else (`dep`: their one dep's key, or -1)."""
-
-    def __init__(self) -> None:
-        self.start = array("q")
-        self.dur = array("q")
-        self.rank = array("q")
-        self.stream = array("q")
-        self.gpu = array("q")
-        self.dep = array("q")
-        self.name: list[str] = []
-        self.hosts = 0
-
-    def __len__(self) -> int:
-        return len(self.name)
-
-    def end(self, key: int) -> int:
-        return self.start[key] + self.dur[key]
 
 
 def _parse_ranks(v: Any) -> tuple[int, ...] | None:
@@ -246,13 +196,6 @@ def _as_int(v: Any) -> int | None:
     return None
 
 
-def _comm_meta(args: dict[str, Any]) -> dict[str, Any] | None:
-    """The collective metadata PyTorch attaches to NCCL kernels and record_param_comms."""
-    if "Collective name" not in args:
-        return None
-    return args
-
-
 def _args(text: str | None, path: Path) -> dict[str, Any]:
     """An event's `args` (floats kept as their text)."""
     if text is None:
@@ -261,15 +204,40 @@ def _args(text: str | None, path: Path) -> dict[str, Any]:
     return v if isinstance(v, dict) else {}
 
 
-def _interned(s: pl.Series) -> list[Any]:
-    """The values of a string column without nulls, equal strings as one object."""
-    arr = s.to_arrow()
-    if not pa.types.is_dictionary(arr.type):
-        arr = pc.dictionary_encode(arr.cast(pa.large_string()))
-    if isinstance(arr, pa.ChunkedArray):
-        arr = arr.combine_chunks()
-    words = arr.dictionary.to_pylist()
-    return list(map(words.__getitem__, arr.indices.to_pylist()))
+def _codes(col: pa.Array | pa.ChunkedArray) -> tuple[np.ndarray, list[Any]]:
+    """A string column as (per row, the index of its value, -1 for null; the distinct values)."""
+    if isinstance(col, pa.ChunkedArray):
+        col = col.combine_chunks()
+    if not pa.types.is_dictionary(col.type):
+        col = pc.dictionary_encode(col)
+    idx = pc.fill_null(col.indices, -1).to_numpy(zero_copy_only=False).astype(np.int64)
+    return idx, col.dictionary.to_pylist()
+
+
+def _distinct(*cols: pa.Array | pa.ChunkedArray) -> tuple[np.ndarray, list[tuple[Any, ...]]]:
+    """Per row, the index of its tuple of values among the distinct tuples; and those tuples."""
+    coded = [_codes(c) for c in cols]
+    n = len(coded[0][0])
+    if n == 0:
+        return np.zeros(0, np.int64), []
+    rows, inverse = np.unique(np.stack([c for c, _ in coded], 1), axis=0, return_inverse=True)
+    values = [
+        tuple(words[i] if i >= 0 else None for i, (_, words) in zip(row.tolist(), coded, strict=True))
+        for row in rows
+    ]
+    return inverse.reshape(-1).astype(np.int64), values
+
+
+def _ints(col: pa.Array | pa.ChunkedArray, null: int = 0) -> np.ndarray:
+    """An integer column as int64 values, nulls as `null`."""
+    values: np.ndarray = pc.fill_null(col, null).to_numpy(zero_copy_only=False)
+    return values.astype(np.int64)
+
+
+def _natural(s: str) -> tuple[int, int | str]:
+    """Numbers (an optional minus, ASCII digits) in numeric order, before other strings."""
+    digits = s[1:] if s.startswith("-") else s
+    return (0, int(s)) if digits.isascii() and digits.isdigit() else (1, s)
 
 
 # Files read at once: more cores speed up the reading of a job's ranks, but each reader holds its
@@ -298,11 +266,27 @@ def _read_files(
         pool.shutdown(cancel_futures=True)  # after a failing file, read no more
 
 
+@dataclass
+class _Rank:
+    """One rank's mapped classes as columns (`load`). Times are absolute ns; threads and GPU
+    streams are indices: runtime threads `0..threads` and GPU streams `0..streams` in natural
+    order (their host and GPU stream order), CPU threads without runtime calls after them."""
+
+    runtime: pa.RecordBatch  # ts, end, thread, name (index into `names`)
+    names: list[str]
+    threads: int
+    gpu: pa.RecordBatch  # ts, end, stream, launch (runtime row, -1: none), nccl, name, kind, bytes, args
+    streams: int
+    comms: pa.RecordBatch  # record_param_comms: ts, end, thread, args
+    recorded: pa.RecordBatch  # CPU ops with recorded shapes: ts, end, thread, name, shapes
+    # Every CPU op and annotation, in file order (keep_cpu): ts, end, thread, pid, name, cat, args, cpu_op.
+    cpu_all: pa.RecordBatch | None
+
+
 class _File:
     """One Kineto file, read into columns (`read_kineto_file`) and split by class: only the
     events the ingester maps (GPU ops, runtime calls, recorded CPU ops, record_param_comms,
-    ProfilerSteps) become `_Ev`s, and only while their rank is mapped (`load`); the others are
-    counted by class. Times in absolute ns."""
+    ProfilerSteps) are kept, as columns; the others are counted by class."""
 
     def __init__(self, path: Path, order: int, read: _Read, keep_cpu: bool) -> None:
         """`read`: what `read_kineto_file(path, time_unit, keep_cpu)` gave."""
@@ -322,27 +306,16 @@ class _File:
                     ranks = _parse_ranks(pg.get("ranks"))
                     if ranks is not None:
                         self.pg_ranks[str(pg["pg_name"])] = ranks
-        self.gpu: list[_Ev] = []
-        self.gpu_launch: list[int | None] = []  # per GPU op: its runtime call's index
-        self.gpu_stream: list[str] = []
-        self.gpu_kind: list[str] = []  # kernel, memory or nccl
-        self.gpu_bytes: list[int | None] = []
-        self.runtime: list[_Ev] = []
-        self.comms_ops: list[_Ev] = []  # record_param_comms
-        self.cpu_ops: list[_Ev] = []  # CPU operators with recorded shapes, for costs
-        self.cpu_all: list[_Ev] = []  # every CPU operator and annotation (only with keep_cpu)
-        self.steps: list[tuple[int, int, int]] = []  # (start, end, N)
         # Events not mapped, counted by class (in order of first appearance, as the report lists
         # ties).
         self.unmapped: Counter[str] = Counter(dict(unmapped))
-
         self.keep_cpu = keep_cpu
         self._parts = parts  # the mapped classes, as Arrow columns, until `load`
         starts = [pc.min(parts[c].column("ts")).as_py() for c in ("gpu", "runtime") if parts[c].num_rows]
         self.first_ts: int | None = min(starts) if starts else None  # of its GPU ops and runtime calls
-        steps = pl.from_arrow(parts.pop("steps"))
-        assert isinstance(steps, pl.DataFrame)
-        for t, d, n in zip(*(steps[c].to_list() for c in ("ts", "dur", "step_n")), strict=True):
+        self.steps: list[tuple[int, int, int]] = []  # (start, end, N), sorted
+        steps = parts.pop("steps")
+        for t, d, n in zip(*(steps.column(c).to_pylist() for c in ("ts", "dur", "step_n")), strict=True):
             if len(n) > 10 or int(n) >= 2**32:
                 raise TraceError(
                     f"{path}: ProfilerStep#{n}: the step number is above 4294967295 (iterations are uint32)"
@@ -350,98 +323,87 @@ class _File:
             self.steps.append((t, t + d, int(n)))
         self.steps.sort()
 
-    def load(self) -> None:
-        """Makes the `_Ev`s of the mapped classes (done for one rank at a time: a job's ranks are
-        held as columns until then)."""
-        parts, keep_cpu = self._parts, self.keep_cpu
-        self._parts = {}
+    def load(self) -> _Rank:
+        """The mapped classes with threads and streams as indices (their columns are given up)."""
+        parts, self._parts = self._parts, {}
+        rt, gpu = parts.pop("runtime"), parts.pop("gpu")
+        comms, rec = parts.pop("comms"), parts.pop("recorded")
+        cpu_all = parts.pop("cpu_all", None)
 
-        def part(name: str) -> pl.DataFrame:
-            df = pl.from_arrow(parts.pop(name))
-            assert isinstance(df, pl.DataFrame)
-            return df
+        def end(b: pa.RecordBatch) -> pa.Array:
+            return pc.add(b.column("ts"), b.column("dur"))
 
-        threads: dict[tuple[str, str], tuple[str, str]] = {}
+        # Host streams: one per thread with runtime calls, in natural (pid, tid) order.
+        rt_inv, pairs = _distinct(rt.column("pid"), rt.column("tid"))
+        order = sorted(range(len(pairs)), key=lambda k: tuple(_natural(str(x)) for x in pairs[k]))
+        thread_of: dict[tuple[Any, ...], int] = {pairs[k]: i for i, k in enumerate(order)}
+        lookup = np.empty(len(pairs), np.int64)
+        for i, k in enumerate(order):
+            lookup[k] = i
 
-        def evs(sub: pl.DataFrame, args: list[dict[str, Any]] | None = None) -> list[_Ev]:
-            # Names, categories and threads repeat: one Python object per distinct value.
-            names, cats, pids, tids = (_interned(sub[c]) for c in ("name", "cat", "pid", "tid"))
-            thread = [threads.setdefault(t, t) for t in zip(pids, tids, strict=True)]
-            del pids, tids
-            if args is None:
-                args = [_args(a, self.path) for a in sub["args"].to_list()]
-            return [
-                _Ev(t, t + d, n, c, th, a)
-                for t, d, n, c, th, a in zip(
-                    sub["ts"].to_list(), sub["dur"].to_list(), names, cats, thread, args, strict=True
-                )
-            ]
+        def threads(b: pa.RecordBatch) -> np.ndarray:
+            inv, ps = _distinct(b.column("pid"), b.column("tid"))
+            idx = np.array([thread_of.setdefault(p, len(thread_of)) for p in ps], np.int64)
+            return idx[inv] if len(ps) else np.zeros(0, np.int64)
 
-        rt, gpu, comms, rec = map(part, ("runtime", "gpu", "comms", "recorded"))
-        cpu_all = part("cpu_all") if keep_cpu else None
-
-        # GPU ops and runtime calls: the args they use as lists beside them; `args` itself only
-        # for NCCL kernels with collective metadata (others share one empty dict). `launch`: the
-        # row of the runtime call that launched a GPU op (by correlation id, else flow events).
-        self.gpu_launch = gpu["launch"].to_list()
-        self.runtime = evs(rt, [_NO_ARGS] * rt.height)
+        name_idx, names = _codes(rt.column("name"))
+        runtime = pa.record_batch(
+            {"ts": rt.column("ts"), "end": end(rt), "thread": lookup[rt_inv], "name": name_idx}
+        )
         del rt
-        gpu_args = [_args(a, self.path) if a is not None else _NO_ARGS for a in gpu["args"].to_list()]
-        self.gpu = evs(gpu, gpu_args)
-        del gpu_args
-        self.gpu_stream = _interned(gpu.select(pl.coalesce("stream", "tid"))["stream"])
-        self.gpu_kind = _interned(gpu["gpu_kind"])
-        self.gpu_bytes = gpu["bytes"].to_list()
-        del gpu
-        self.comms_ops = evs(comms)
-        del comms
-        if keep_cpu:
-            self.cpu_ops = evs(rec)
-        else:
-            # Recorded CPU ops: only their shape fields, one dict per distinct shapes.
-            by_shape: dict[str, dict[str, Any]] = {}
-            shapes = _interned(rec["shapes"])
-            for sh in shapes:
-                if sh not in by_shape:
-                    by_shape[sh] = _args(sh, self.path)
-            self.cpu_ops = evs(rec, [by_shape[sh] for sh in shapes])
-            for ev, sh in zip(self.cpu_ops, shapes, strict=True):
-                ev.shapes = sh
-            del shapes
-        del rec
+        s_idx, s_names = _codes(
+            pc.coalesce(gpu.column("stream").cast(pa.string()), gpu.column("tid").cast(pa.string()))
+        )
+        s_order = sorted(range(len(s_names)), key=lambda k: _natural(s_names[k]))
+        s_lookup = np.empty(len(s_names), np.int64)
+        for i, k in enumerate(s_order):
+            s_lookup[k] = i
+        kind = gpu.column("gpu_kind")
+        gpu_cols = {
+            "ts": gpu.column("ts"),
+            "end": end(gpu),
+            "stream": s_lookup[s_idx],
+            "launch": pc.fill_null(gpu.column("launch"), -1),
+            "nccl": pc.equal(kind.cast(pa.string()), "nccl"),
+            "name": gpu.column("name"),
+            "kind": kind,
+            "bytes": gpu.column("bytes"),
+            "args": gpu.column("args"),
+        }
+        gpu_batch = pa.record_batch(gpu_cols)
+        del gpu, gpu_cols
+        comms_batch = pa.record_batch(
+            {
+                "ts": comms.column("ts"),
+                "end": end(comms),
+                "thread": threads(comms),
+                "args": comms.column("args"),
+            }
+        )
+        rec_batch = pa.record_batch(
+            {
+                "ts": rec.column("ts"),
+                "end": end(rec),
+                "thread": threads(rec),
+                "name": rec.column("name"),
+                "shapes": rec.column("shapes"),
+            }
+        )
+        all_batch = None
         if cpu_all is not None:
-            # Every CPU op and annotation, in file order (recorded ops and ProfilerSteps included).
-            is_cpu_op: list[bool] = cpu_all["cpu_op"].to_list()
-            self.cpu_all = evs(cpu_all)
-            del cpu_all
-            by_key = {(e.ts, e.end, e.name, e.thread): e for e in (*self.comms_ops, *self.cpu_ops)}
-            self.cpu_all = [by_key.get((e.ts, e.end, e.name, e.thread), e) for e in self.cpu_all]
-            for e, is_op in zip(self.cpu_all, is_cpu_op, strict=True):
-                e.cpu_op = is_op
-
-
-def _launchers(f: _File) -> dict[int, int]:
-    """GPU op index → runtime event index (by correlation id, else by flow events)."""
-    return {j: i for j, i in enumerate(f.gpu_launch) if i is not None}
-
-
-def _step_of(steps: list[tuple[int, int, int]], starts: list[int], t: int) -> int | None:
-    k = bisect.bisect_right(starts, t) - 1
-    if k >= 0 and steps[k][0] <= t < steps[k][1]:
-        return steps[k][2]
-    return None
-
-
-def _enclosing(intervals: list[_Ev], starts: list[int], t: int) -> _Ev | None:
-    k = bisect.bisect_right(starts, t) - 1
-    while k >= 0:
-        ev = intervals[k]
-        if ev.ts <= t <= ev.end:
-            return ev
-        if ev.end < t and k > 0 and intervals[k - 1].end < ev.ts:
-            break
-        k -= 1
-    return None
+            all_batch = pa.record_batch(
+                {
+                    "ts": cpu_all.column("ts"),
+                    "end": end(cpu_all),
+                    "thread": threads(cpu_all),
+                    "pid": cpu_all.column("pid"),
+                    "name": cpu_all.column("name"),
+                    "cat": cpu_all.column("cat"),
+                    "args": cpu_all.column("args"),
+                    "cpu_op": cpu_all.column("cpu_op"),
+                }
+            )
+        return _Rank(runtime, names, len(pairs), gpu_batch, len(s_names), comms_batch, rec_batch, all_batch)
 
 
 def _coll_info(
@@ -492,11 +454,13 @@ class _Hook(Protocol):
         """Called once all files are read, in rank order (before any is loaded: `source_rank` and
         `path` are set, the events not yet)."""
 
-    def prepare(self, rank: int, f: _File) -> None:
-        """Called per rank before its ops are made (may add recorded shapes to `f.cpu_ops`)."""
+    def prepare(self, rank: int, f: _File, r: _Rank) -> pa.RecordBatch | None:
+        """Called per rank before its ops are made: more CPU ops with recorded shapes for the
+        costs (columns as `r.recorded`), or None."""
 
-    def link(self, rank: int, f: _File, launcher: dict[int, int], gpu_ops: list[_Op]) -> None:
-        """Called per rank once its ops exist (may add deps to `gpu_ops`, indexed as `f.gpu`)."""
+    def link(self, rank: int, f: _File, r: _Rank) -> list[tuple[int, int]]:
+        """Called per rank before its ops are made: (consumer, producer) deps between its GPU ops
+        (rows of `r.gpu`), added after the launch deps."""
 
 
 def ingest_kineto(paths: Sequence[str | Path], *, time_unit: TimeUnit = "auto") -> tuple[Trace, IngestReport]:
@@ -543,6 +507,57 @@ def _ingest_kineto(
         pa.set_memory_pool(pool)
 
 
+# Kinds of ops, as codes of the ops' kind column while it is built.
+KINDS = ["compute", "memory", "host", "collective"]
+COMPUTE, MEMORY, HOST, COLLECTIVE = range(4)
+
+
+class _Vocab:
+    """Strings as codes (a column's dictionary while it is built)."""
+
+    def __init__(self) -> None:
+        self.words: list[str] = []
+        self._code: dict[str, int] = {}
+
+    def code(self, word: str | None) -> int:
+        if word is None:
+            return -1
+        c = self._code.get(word)
+        if c is None:
+            c = self._code[word] = len(self.words)
+            self.words.append(word)
+        return c
+
+    def column(self, codes: np.ndarray) -> pa.Array:
+        return pa.DictionaryArray.from_arrays(
+            pa.array(codes, pa.int32(), mask=codes < 0), pa.array(self.words, pa.string())
+        )
+
+
+@dataclass
+class _Columns:
+    """The ops of every rank, column by column, in key order (GPU ops of rank 0, its host ops,
+    then rank 1's...)."""
+
+    start: list[np.ndarray] = field(default_factory=list)
+    dur: list[np.ndarray] = field(default_factory=list)
+    rank: list[np.ndarray] = field(default_factory=list)
+    stream: list[np.ndarray] = field(default_factory=list)
+    name: list[pa.Array] = field(default_factory=list)
+    kind: list[np.ndarray] = field(default_factory=list)
+    category: list[np.ndarray] = field(default_factory=list)
+    dtype: list[np.ndarray] = field(default_factory=list)
+    iteration: list[pa.Array] = field(default_factory=list)
+    deps: list[pa.Array] = field(default_factory=list)
+    flops: list[np.ndarray] = field(default_factory=list)
+    bytes_read: list[np.ndarray] = field(default_factory=list)
+    bytes_written: list[np.ndarray] = field(default_factory=list)
+    gemm: list[np.ndarray] = field(default_factory=list)  # (n, 3), -1: none
+    categories: _Vocab = field(default_factory=_Vocab)
+    dtypes: _Vocab = field(default_factory=_Vocab)
+    n: int = 0
+
+
 def _ingest(
     paths: Sequence[str | Path], time_unit: TimeUnit, hook: _Hook | None
 ) -> tuple[Trace, IngestReport]:
@@ -574,324 +589,148 @@ def _ingest(
         raise TraceError(f"{files[0].path}: no GPU kernels, copies or runtime calls to ingest")
     base = min(firsts)
 
-    ops: list[_Op] = []  # the GPU ops (of all ranks)
-    cols = _OpCols()  # every op (GPU and host), by key
-    labels: dict[tuple[str, str], str] = {}  # (call name, suffix) → host op name, one object each
-
-    def new_op(rank: int, stream: int, name: str, kind: str, start: int, dur: int, **kw: Any) -> _Op:
-        op = _Op(len(cols), rank, stream, name, kind, start - base, max(dur, 0), **kw)
-        cols.start.append(op.start)
-        cols.dur.append(op.dur)
-        cols.rank.append(rank)
-        cols.stream.append(stream)
-        cols.gpu.append(len(ops))
-        cols.dep.append(-1)
-        cols.name.append(name)
-        ops.append(op)
-        return op
-
-    def new_host(rank: int, stream: int, name: str, start: int, dur: int, dep: int = -1) -> int:
-        key = len(cols)
-        cols.start.append(start - base)
-        cols.dur.append(max(dur, 0))
-        cols.rank.append(rank)
-        cols.stream.append(stream)
-        cols.gpu.append(-1)
-        cols.dep.append(dep)
-        cols.name.append(name)
-        cols.hosts += 1
-        return key
-
-    def label(name: str, suffix: str) -> str:
-        v = labels.get((name, suffix))
-        if v is None:
-            v = labels[(name, suffix)] = f"{name} {suffix}"
-        return v
-
+    cols = _Columns()
+    colls: list[_Coll] = []
     for rank, f in enumerate(files):
-        f.load()
+        r = f.load()
         report.unmapped.update(f.unmapped)
-        if hook is not None:
-            hook.prepare(rank, f)
-        launcher = _launchers(f)
-        launched: dict[int, list[int]] = defaultdict(list)
-        for j, i in launcher.items():
-            launched[i].append(j)
-        gpu_streams = sorted(set(f.gpu_stream), key=_natural)
-        gstream = {s: k for k, s in enumerate(gpu_streams)}
-        threads = sorted(
-            {ev.thread for ev in f.runtime}, key=lambda t: (_natural(str(t[0])), _natural(str(t[1])))
-        )
-        hstream = {t: len(gpu_streams) + k for k, t in enumerate(threads)}
-        step_starts = [s[0] for s in f.steps]
-        graph_launches: set[int] = set()  # host op keys of cudaGraphLaunch/hipGraphLaunch calls
-        comm_by_thread: dict[Any, list[_Ev]] = defaultdict(list)
-        for ev in f.comms_ops:
-            comm_by_thread[ev.thread].append(ev)
-        comm_starts = {t: [e.ts for e in sorted(v, key=lambda e: e.ts)] for t, v in comm_by_thread.items()}
-        for t in comm_by_thread:
-            comm_by_thread[t].sort(key=lambda e: e.ts)
-
-        # GPU ops first (their host deps are filled in once the host ops exist).
-        gpu_ops: list[_Op] = []
-        for j, ev in enumerate(f.gpu):
-            gpu_kind = f.gpu_kind[j]
-            stream = gstream[f.gpu_stream[j]]
-            li = launcher.get(j)
-            when = f.runtime[li].ts if li is not None else ev.ts
-            it = _step_of(f.steps, step_starts, when)
-            if gpu_kind == "memory":
-                op = new_op(
-                    rank, stream, ev.name, "memory", ev.ts, ev.end - ev.ts, category="copy", iteration=it
-                )
-            elif gpu_kind == "nccl":
-                op = new_op(
-                    rank,
-                    stream,
-                    ev.name,
-                    "compute",
-                    ev.ts,
-                    ev.end - ev.ts,
-                    category="communication",
-                    iteration=it,
-                )
-                meta = _comm_meta(ev.args)
-                if meta is None and li is not None:
-                    lt = f.runtime[li].thread
-                    if lt in comm_by_thread:
-                        rpc = _enclosing(comm_by_thread[lt], comm_starts[lt], f.runtime[li].ts)
-                        meta = None if rpc is None else _comm_meta(rpc.args)
-                if meta is None:
-                    op.comm_problem = "NCCL kernel without collective metadata"
-                else:
-                    coll, gkey, nbytes, dtype, problem = _coll_info(meta, f)
-                    if problem is not None:
-                        op.comm_problem = problem
-                    else:
-                        op.coll, op.group_key, op.comm_bytes, op.dtype = coll, gkey, nbytes, dtype
-            else:
-                op = new_op(
-                    rank,
-                    stream,
-                    ev.name,
-                    "compute",
-                    ev.ts,
-                    ev.end - ev.ts,
-                    category=_kernel_category(ev.name),
-                    iteration=it,
-                )
-            gpu_ops.append(op)
-
-        _assign_costs(f, launcher, gpu_ops, report)
-        if hook is None:  # the CPU ops have given their metadata and costs
-            f.cpu_ops, f.comms_ops = [], []
-            comm_by_thread.clear()
-
-        # GPU ops of this rank by end time, for blocking calls.
-        by_end = sorted(range(len(f.gpu)), key=lambda j: f.gpu[j].end)
-        ends = [f.gpu[j].end for j in by_end]
-
-        # Host streams: runtime calls per thread, the time between them as cpu_gap.
-        per_thread: dict[Any, list[int]] = defaultdict(list)
-        for i, ev in enumerate(f.runtime):
-            per_thread[ev.thread].append(i)
-        for thread in threads:
-            idx = sorted(per_thread[thread], key=lambda i: (f.runtime[i].ts, -f.runtime[i].end))
-            stream = hstream[thread]
-            cursor = base
-            outer: int | None = None
-            owner: dict[int, int] = {}  # nested runtime call → the call it is merged into
-            kept: list[int] = []
-            for i in idx:
-                ev = f.runtime[i]
-                if outer is not None and ev.end <= f.runtime[outer].end and ev.ts < f.runtime[outer].end:
-                    owner[i] = outer
-                    report.unmapped["runtime call nested in another (merged into it)"] += 1
-                    continue
-                kept.append(i)
-                outer = i
-            children: dict[int, list[int]] = defaultdict(list)
-            for i, o in owner.items():
-                children[o].extend(launched.get(i, []))
-            for i in kept:
-                ev = f.runtime[i]
-                s = max(ev.ts, cursor)
-                t = max(ev.end, s)
-                if s > cursor:
-                    new_host(rank, stream, "cpu_gap", cursor, s - cursor)
-                own = launched.get(i, _NO_GPU_OPS)
-                if i in children:
-                    own = sorted(own + children[i])
-                elif len(own) > 1:
-                    own = sorted(own)
-                blocking = "Synchronize" in ev.name or ev.name in BLOCKING_CALLS
-                prev_end = s
-                launch_op: int | None = None
-                if own:
-                    g = min(f.gpu[j].ts for j in own)
-                    p = min(t, max(s, g))
-                    launch_op = new_host(rank, stream, ev.name, s, p - s)
-                    if "GraphLaunch" in ev.name:
-                        graph_launches.add(launch_op)
-                    for j in own:
-                        gpu_ops[j].deps.append(launch_op)
-                        report.launch_deps += 1
-                    prev_end = p
-                wait: int | None = None
-                if blocking:
-                    k = bisect.bisect_right(ends, t) - 1
-                    own_set = set(own)
-                    while k >= 0 and ends[k] > prev_end:
-                        j = by_end[k]
-                        lj = launcher.get(j)
-                        if j in own_set or lj is None or f.runtime[lj].ts < ev.ts:
-                            wait = j
-                            break
-                        k -= 1
-                if wait is not None:
-                    w_end = f.gpu[wait].end
-                    start = max(w_end, prev_end)
-                    new_host(
-                        rank,
-                        stream,
-                        ev.name if launch_op is None else label(ev.name, "[wait]"),
-                        start,
-                        t - start,
-                        gpu_ops[wait].key,
-                    )
-                    report.sync_deps += 1
-                elif launch_op is None:
-                    new_host(rank, stream, ev.name, s, t - s)
-                elif prev_end < t:
-                    new_host(rank, stream, label(ev.name, "[after launch]"), prev_end, t - prev_end)
-                cursor = t
-        # GPU ops whose launch is not in the trace (CPU side outside the profiled window or on an
-        # untraced thread): released at their measured start by a marker on a host stream of their own.
-        orphans = sorted((j for j in range(len(f.gpu)) if j not in launcher), key=lambda j: f.gpu[j].ts)
-        if orphans:
-            stream = len(gpu_streams) + len(threads)
-            cursor = base
-            for j in orphans:
-                ts = f.gpu[j].ts
-                if ts > cursor:
-                    new_host(rank, stream, "cpu_gap", cursor, ts - cursor)
-                    cursor = ts
-                gpu_ops[j].deps.append(new_host(rank, stream, "launch not in trace", cursor, 0))
-            report.orphan_gpu_ops += len(orphans)
-        if hook is not None:
-            hook.link(rank, f, launcher, gpu_ops)
-        report.inferred_stream_deps += _infer_stream_waits(gpu_ops, cols)
-        graph_stream = len(gpu_streams) + len(threads) + 1
-        for node, after, t in _graph_node_waits(gpu_ops, cols, graph_launches):
-            gs = graph_stream + node.stream
-            wait_op = new_host(rank, gs, "graph node wait", base + t, node.start - t, after)
-            node.deps.append(wait_op)
-            report.graph_node_waits += 1
+        extra_rec = hook.prepare(rank, f, r) if hook is not None else None
+        data_deps = hook.link(rank, f, r) if hook is not None else []
+        _map_rank(rank, f, r, base, extra_rec, data_deps, cols, colls, report)
         report.iterations.extend(n for _, _, n in f.steps)
-        if hook is None:  # this rank's events are no longer needed: free them before the next
-            f.gpu, f.runtime, f.comms_ops, f.cpu_ops = [], [], [], []
-            f.gpu_launch, f.gpu_stream, f.gpu_bytes, f.gpu_kind = [], [], [], []
-            del gpu_ops, launcher, launched
+        del r
 
-    groups_by_id = _match_collectives(ops, files, rank_of, report)
+    groups_by_id = _match_collectives(colls, files, rank_of, report)
     report.iterations = sorted(set(report.iterations))
-    for op in ops:
-        report.ops_by_kind[op.kind] += 1
-    if cols.hosts:
-        report.ops_by_kind["host"] += cols.hosts
-    trace = _build(ops, cols, files, groups_by_id)
+    kinds = np.concatenate(cols.kind) if cols.kind else np.zeros(0, np.int8)
+    for c in colls:
+        if c.kind == "collective":
+            kinds[c.key] = COLLECTIVE
+    counts = np.bincount(kinds, minlength=len(KINDS))
+    for k in (COMPUTE, COLLECTIVE, MEMORY):
+        if counts[k]:
+            report.ops_by_kind[KINDS[k]] += int(counts[k])
+    if counts[HOST]:
+        report.ops_by_kind["host"] += int(counts[HOST])
+    trace = _build(cols, kinds, colls, files, groups_by_id)
     return trace, report
 
 
-STREAM_WAIT_WINDOW_NS = 20_000
-STREAM_WAIT_SLACK_NS = 1_000
+def _map_rank(
+    rank: int,
+    f: _File,
+    r: _Rank,
+    base: int,
+    extra_rec: pa.RecordBatch | None,
+    data_deps: list[tuple[int, int]],
+    cols: _Columns,
+    colls: list[_Coll],
+    report: IngestReport,
+) -> None:
+    """Makes one rank's ops (`tracesim._core.map_kineto_rank`) and their costs and collectives,
+    appended to `cols` (and `colls`)."""
+    gpu = r.gpu
+    steps = np.array(f.steps, np.int64).reshape(-1, 3)
+    extra = np.array(data_deps, np.int64).reshape(-1, 2)
+    ops, counts = map_kineto_rank(
+        r.runtime,
+        r.names,
+        r.threads,
+        pa.record_batch({c: gpu.column(c) for c in ("ts", "end", "stream", "launch", "nccl")}),
+        r.streams,
+        pa.record_batch({"start": steps[:, 0], "end": steps[:, 1], "n": steps[:, 2]}),
+        pa.record_batch({c: r.comms.column(c) for c in ("ts", "end", "thread")}),
+        pa.record_batch({"consumer": extra[:, 0], "producer": extra[:, 1]}),
+        base,
+    )
+    count = dict(counts)
+    report.launch_deps += count["launch_deps"]
+    report.sync_deps += count["sync_deps"]
+    report.inferred_stream_deps += count["inferred_stream_deps"]
+    report.graph_node_waits += count["graph_node_waits"]
+    report.orphan_gpu_ops += count["orphan_gpu_ops"]
+    if count["nested_runtime_calls"]:
+        report.unmapped["runtime call nested in another (merged into it)"] += count["nested_runtime_calls"]
 
+    g, n = gpu.num_rows, ops.num_rows
+    key0 = cols.n
+    # GPU ops: kind and category from gpu_kind and the name; then costs and collectives.
+    kind_idx, kind_words = _codes(gpu.column("kind"))
+    kind_of = np.array([MEMORY if w == "memory" else COMPUTE for w in kind_words] or [COMPUTE], np.int8)
+    gpu_kind = kind_of[kind_idx] if g else np.zeros(0, np.int8)
+    nccl = gpu.column("nccl").to_numpy(zero_copy_only=False).astype(bool)
+    name_idx, gpu_names = _codes(gpu.column("name"))
+    cat_of = np.array([cols.categories.code(_category(w)) for w in gpu_names] or [-1], np.int64)
+    category = cat_of[name_idx] if g else np.zeros(0, np.int64)
+    category[gpu_kind == MEMORY] = cols.categories.code("copy")
+    category[nccl] = cols.categories.code("communication")
+    costs = _assign_costs(f.path, r, extra_rec, gpu_kind, nccl, name_idx, gpu_names, category, cols, report)
 
-def _infer_stream_waits(gpu_ops: list[_Op], cols: _OpCols) -> int:
-    """Deps for GPU ops that started later than their launch and their stream allow.
+    # Host ops: names from the runtime call names (see `HostName` in src/kineto_map.rs).
+    words = list(r.names)
+    words += [f"{w} {s}" for w in r.names for s in ("[wait]", "[after launch]")]
+    words += ["cpu_gap", "launch not in trace", "graph node wait"]
+    host_names = pa.DictionaryArray.from_arrays(
+        ops.column("name").slice(g).cast(pa.int32()), pa.array(words, pa.string())
+    )
+    gpu_name_col = gpu.column("name")
+    cols.name.append(gpu_name_col.cast(pa.dictionary(pa.int32(), pa.string())))
+    cols.name.append(host_names)
 
-    Kineto does not record which event a `cudaStreamWaitEvent` waits for, so a GPU op that starts
-    more than STREAM_WAIT_SLACK_NS after both its launch and the previous op of its stream ended
-    is made to depend on the op of another stream of the rank that ended last before it started,
-    if that was within STREAM_WAIT_WINDOW_NS. Deps always point to an op that ended before this
-    one started, so they cannot make a cycle.
-    """
-    by_end = sorted(gpu_ops, key=lambda o: o.start + o.dur)
-    ends = [o.start + o.dur for o in by_end]
-    prev_end: dict[int, int] = {}
-    added = 0
-    for op in sorted(gpu_ops, key=lambda o: (o.start, o.key)):
-        bound = max([prev_end.get(op.stream, -(2**62))] + [cols.end(d) for d in op.deps])
-        prev_end[op.stream] = op.start + op.dur
-        if op.start - bound <= STREAM_WAIT_SLACK_NS:
-            continue
-        k = bisect.bisect_right(ends, op.start) - 1
-        while k >= 0 and ends[k] >= max(bound, op.start - STREAM_WAIT_WINDOW_NS):
-            other = by_end[k]
-            if other.stream != op.stream:
-                op.deps.append(other.key)
-                added += 1
-                break
-            k -= 1
-    return added
+    cols.start.append(_ints(ops.column("start")) - base)
+    cols.dur.append(_ints(ops.column("dur")))
+    cols.rank.append(np.full(n, rank, np.int64))
+    cols.stream.append(_ints(ops.column("stream")))
+    cols.kind.append(np.concatenate([gpu_kind, np.full(n - g, HOST, np.int8)]))
+    cols.category.append(np.concatenate([category, np.full(n - g, -1, np.int64)]))
+    cols.dtype.append(np.concatenate([costs.dtype, np.full(n - g, -1, np.int64)]))
+    cols.iteration.append(ops.column("iteration"))
+    deps = ops.column("deps")
+    cols.deps.append(
+        pa.LargeListArray.from_arrays(
+            pc.subtract(deps.offsets, deps.offsets[0]), pc.add(deps.flatten(), pa.scalar(key0, pa.int64()))
+        )
+    )
+    cols.flops.append(np.concatenate([costs.flops, np.full(n - g, np.nan)]))
+    cols.bytes_read.append(np.concatenate([costs.read, np.full(n - g, -1, np.int64)]))
+    cols.bytes_written.append(np.concatenate([costs.written, np.full(n - g, -1, np.int64)]))
+    cols.gemm.append(np.concatenate([costs.gemm, np.full((n - g, 3), -1, np.int64)]))
+    cols.n += n
 
-
-def _graph_node_waits(
-    gpu_ops: list[_Op], cols: _OpCols, graph_launches: set[int]
-) -> list[tuple[_Op, int, int]]:
-    """Idle time before the nodes of CUDA/HIP graph launches that nothing in the trace explains.
-
-    Kineto records a graph's kernels but not its edges, event waits or host nodes, so a node that
-    starts more than STREAM_WAIT_SLACK_NS after its stream, its deps and every earlier node of its
-    launch allow was held back by something unseen. For each such node: (node, key of the op whose
-    end bound it, that end): the launch, the previous op of its stream, a dep, or the earlier node
-    of its launch that ended last, so that a wait from that end to the node's measured start keeps
-    the measured gap, anchored to what the node visibly waited for.
-    """
-    out: list[tuple[_Op, int, int]] = []
-    if not graph_launches:
-        return out
-    prev: dict[int, _Op] = {}  # stream → its last op so far
-    reach: dict[int, _Op] = {}  # graph launch key → its node that ended last so far
-    for op in sorted(gpu_ops, key=lambda o: (o.start, o.key)):
-        before = prev.get(op.stream)
-        prev[op.stream] = op
-        launch = next((d for d in op.deps if d in graph_launches), None)
-        if launch is None:
-            continue
-        bound, anchor = max((cols.end(d), d) for d in op.deps)
-        last = reach.get(launch)
-        for o in (before, last):
-            if o is not None and o.start + o.dur > bound:
-                bound, anchor = o.start + o.dur, o.key
-        if op.start - bound > STREAM_WAIT_SLACK_NS:
-            out.append((op, anchor, bound))
-        if last is None or op.start + op.dur > last.start + last.dur:
-            reach[launch] = op
-    return out
-
-
-_NO_GPU_OPS: list[int] = []
-
-
-@lru_cache(maxsize=65536)
-def _kernel_category(name: str) -> str:
-    """`_category`, once per kernel name (a trace repeats a few thousand names)."""
-    return _category(name)
-
-
-def _natural(s: str) -> tuple[int, int | str]:
-    return (0, int(s)) if s.lstrip("-").isdigit() else (1, s)
+    # NCCL kernels: collective metadata from their own args, else from the enclosing
+    # record_param_comms op.
+    rows = np.flatnonzero(nccl)
+    if len(rows):
+        own = gpu.column("args").take(rows).to_pylist()
+        enc = ops.column("comms").slice(0, g).take(rows).to_pylist()
+        comms_args = r.comms.column("args")
+        starts = _ints(gpu.column("ts").take(rows)) - base
+        for j, text, c, start in zip(rows.tolist(), own, enc, starts.tolist(), strict=True):
+            op = _Coll(key0 + j, rank, start)
+            meta = _args(text, f.path) if text is not None else None
+            if meta is None or "Collective name" not in meta:
+                meta = _args(comms_args[c].as_py(), f.path) if c is not None else None
+                if meta is not None and "Collective name" not in meta:
+                    meta = None
+            if meta is None:
+                op.comm_problem = "NCCL kernel without collective metadata"
+            else:
+                coll, gkey, nbytes, dtype, problem = _coll_info(meta, f)
+                if problem is not None:
+                    op.comm_problem = problem
+                else:
+                    op.coll, op.group_key, op.comm_bytes, op.dtype = coll, gkey, nbytes, dtype
+            colls.append(op)
 
 
 def _match_collectives(
-    ops: list[_Op], files: list[_File], rank_of: dict[int, int], report: IngestReport
+    colls: list[_Coll], files: list[_File], rank_of: dict[int, int], report: IngestReport
 ) -> dict[int, tuple[str, list[int]]]:
     """group ids, coll_seq; collectives that cannot be matched stay compute/communication."""
     present = set(rank_of)
     group_ids: dict[tuple[str, tuple[int, ...]], int] = {}
-    per: dict[tuple[int, int], list[_Op]] = defaultdict(list)  # (group, rank) → ops in time order
-    for op in sorted(ops, key=lambda o: (o.start, o.key)):
+    per: dict[tuple[int, int], list[_Coll]] = defaultdict(list)  # (group, rank) → ops in time order
+    for op in sorted(colls, key=lambda o: (o.start, o.key)):
         if op.comm_problem is not None:
             report.collective_problems[op.comm_problem] += 1
             continue
@@ -909,7 +748,7 @@ def _match_collectives(
         per[(gid, op.rank)].append(op)
     members: dict[int, list[int]] = {g: sorted(rank_of[r] for r in k[1]) for k, g in group_ids.items()}
 
-    def fail(_op: _Op, problem: str) -> None:
+    def fail(_op: _Coll, problem: str) -> None:
         report.collective_problems[problem] += 1
 
     # Keep only the (group, seq) that every member has, with agreeing type and size.
@@ -920,97 +759,96 @@ def _match_collectives(
 
 
 def _build(
-    ops: list[_Op], cols: _OpCols, files: list[_File], groups_by_id: dict[int, tuple[str, list[int]]]
+    cols: _Columns,
+    kinds: np.ndarray,
+    colls: list[_Coll],
+    files: list[_File],
+    groups_by_id: dict[int, tuple[str, list[int]]],
 ) -> Trace:
-    """The validated trace of the ops (`ops`: the GPU ops; `cols`: every op by key); empties both
-    (they are not needed once in the table)."""
-    # Ops sorted by (start, rank, stream, key) into op_id order with numpy; deps map keys to
-    # op_ids through the inverse order.
-    n = len(cols)
-    start = np.frombuffer(cols.start, np.int64)
-    rank = np.frombuffer(cols.rank, np.int64)
-    stream = np.frombuffer(cols.stream, np.int64)
+    """The validated trace of the ops: sorted by (start, rank, stream, key) into op_id order,
+    deps mapped from keys to op_ids."""
+    n = cols.n
+    start = np.concatenate(cols.start)
+    rank = np.concatenate(cols.rank)
+    stream = np.concatenate(cols.stream)
     order = np.lexsort((np.arange(n), stream, rank, start))
     op_id = np.empty(n, np.int64)
     op_id[order] = np.arange(n)
-    start, rank, stream = start[order], rank[order], stream[order]
-    dur = np.frombuffer(cols.dur, np.int64)[order]
-    names = cols.name
-    name = pa.array(list(map(names.__getitem__, order.tolist())), OP_COLUMN_TYPES["name"])
-    cols.name = names = []
-    # Row → index in `ops` (null for host ops): the GPU-only columns are taken through it.
-    gpu_of = np.frombuffer(cols.gpu, np.int64)[order]
-    take = pa.array(gpu_of, pa.int64(), mask=gpu_of < 0)
-    del gpu_of
+    take = pa.array(order)
 
-    # deps: host ops have at most one (`cols.dep`), GPU ops a list; laid out by op_id.
-    g = len(ops)
-    host_dep = np.frombuffer(cols.dep, np.int64)
-    count = (host_dep >= 0).astype(np.int64)
-    gkeys = np.fromiter(map(attrgetter("key"), ops), np.int64, g)
-    gcount = np.fromiter((len(o.deps) for o in ops), np.int64, g)
-    count[gkeys] = gcount
-    offsets = np.zeros(n + 1, np.int64)
-    np.cumsum(count[order], out=offsets[1:])
-    del count
-    flat = np.empty(int(offsets[-1]), np.int64)
-    hk = np.flatnonzero(host_dep >= 0)
-    flat[offsets[op_id[hk]]] = host_dep[hk]
-    del hk, host_dep
-    gtotal = int(gcount.sum())
-    gflat = np.fromiter(chain.from_iterable(o.deps for o in ops), np.int64, gtotal)
-    first = offsets[op_id[gkeys]] - (np.cumsum(gcount) - gcount)
-    flat[np.repeat(first, gcount) + np.arange(gtotal)] = gflat
-    del gflat, first, gkeys, gcount
-    deps = pa.LargeListArray.from_arrays(pa.array(offsets), pa.array(op_id[flat]))
-    deps = deps.cast(OP_COLUMN_TYPES["deps"])
-    del flat, offsets, op_id, order
+    deps = pa.chunked_array(cols.deps, pa.large_list(pa.int64())).combine_chunks().take(take)
+    deps = pa.LargeListArray.from_arrays(
+        pc.subtract(deps.offsets, deps.offsets[0]), pa.array(op_id[_ints(deps.flatten())])
+    ).cast(OP_COLUMN_TYPES["deps"])
+    name = pa.chunked_array(cols.name).unify_dictionaries().combine_chunks().take(take)
 
-    def col(attr: str) -> pa.Array:
-        vals = pa.array(list(map(attrgetter(attr), ops)), OP_COLUMN_TYPES[attr])
-        return vals.take(take)
+    # Collectives (matched ones only): their columns, by key.
+    coll_code = np.full(n, -1, np.int64)
+    group_id = np.full(n, -1, np.int64)
+    coll_seq = np.full(n, -1, np.int64)
+    comm_bytes = np.full(n, -1, np.int64)
+    colls_vocab = _Vocab()
+    dtype = np.concatenate(cols.dtype)
+    used: set[int] = set()
+    for c in colls:
+        if c.kind != "collective":
+            continue
+        assert c.group_id is not None and c.coll_seq is not None and c.comm_bytes is not None
+        coll_code[c.key] = colls_vocab.code(c.coll)
+        group_id[c.key], coll_seq[c.key] = c.group_id, c.coll_seq
+        comm_bytes[c.key] = c.comm_bytes
+        dtype[c.key] = cols.dtypes.code(c.dtype)
+        used.add(c.group_id)
 
-    kind = pc.fill_null(col("kind"), "host")
-    coll = pc.fill_null(pc.equal(kind, "collective"), False)
-    category = col("category")
+    def column(values: np.ndarray, attr: str) -> pa.Array:
+        v = values[order]
+        return pa.array(v, OP_COLUMN_TYPES[attr], mask=v < 0)
 
-    def if_coll(name: str, mask: pa.Array = coll) -> pa.Array:
-        c = col(name)
-        return pc.if_else(mask, c, pa.nulls(n, c.type))
+    def strings(codes: np.ndarray, vocab: _Vocab) -> pa.Array:
+        return vocab.column(codes[order]).cast(pa.string())
 
-    # A communication op's dtype is kept only when it became a collective.
-    keep_dtype = pc.or_(coll, pc.fill_null(pc.not_equal(category, "communication"), True))
+    def as_uint64(values: np.ndarray, attr: str) -> pa.Array:
+        # comm_bytes may pass 2^63: kept as uint64 through a view of the bits.
+        v = values[order]
+        return pa.array(v.view(np.uint64), OP_COLUMN_TYPES[attr], mask=v == -1)
+
+    flops = np.concatenate(cols.flops)[order]
+    gemm = np.concatenate(cols.gemm)
+    kind_vocab = _Vocab()
+    for w in KINDS:
+        kind_vocab.code(w)
     table = pa.table(
         {
             "op_id": pa.array(np.arange(n), OP_COLUMN_TYPES["op_id"]),
-            "rank": pa.array(rank, OP_COLUMN_TYPES["rank"]),
-            "stream": pa.array(stream, OP_COLUMN_TYPES["stream"]),
-            "name": name,
-            "kind": kind,
-            "category": category,
-            "dtype": if_coll("dtype", keep_dtype),
-            "duration_ns": pa.array(dur, OP_COLUMN_TYPES["duration_ns"]),
-            "start_ns": pa.array(start, OP_COLUMN_TYPES["start_ns"]),
+            "rank": pa.array(rank[order], OP_COLUMN_TYPES["rank"]),
+            "stream": pa.array(stream[order], OP_COLUMN_TYPES["stream"]),
+            "name": name.cast(pa.string()),
+            "kind": strings(kinds.astype(np.int64), kind_vocab),
+            "category": strings(np.concatenate(cols.category), cols.categories),
+            "dtype": strings(dtype, cols.dtypes),
+            "duration_ns": pa.array(np.concatenate(cols.dur)[order], OP_COLUMN_TYPES["duration_ns"]),
+            "start_ns": pa.array(start[order], OP_COLUMN_TYPES["start_ns"]),
             "deps": deps,
-            "coll": if_coll("coll"),
-            "group_id": if_coll("group_id"),
-            "coll_seq": if_coll("coll_seq"),
-            "comm_bytes": if_coll("comm_bytes"),
-            "iteration": col("iteration"),
-            "flops": col("flops"),
-            "bytes_read": col("bytes_read"),
-            "bytes_written": col("bytes_written"),
-            "gemm_m": col("gemm_m"),
-            "gemm_n": col("gemm_n"),
-            "gemm_k": col("gemm_k"),
+            "coll": strings(coll_code, colls_vocab),
+            "group_id": column(group_id, "group_id"),
+            "coll_seq": column(coll_seq, "coll_seq"),
+            "comm_bytes": as_uint64(comm_bytes, "comm_bytes"),
+            "iteration": pa.chunked_array(cols.iteration, pa.int64())
+            .combine_chunks()
+            .take(take)
+            .cast(OP_COLUMN_TYPES["iteration"]),
+            "flops": pa.array(flops, OP_COLUMN_TYPES["flops"], mask=np.isnan(flops)),
+            "bytes_read": column(np.concatenate(cols.bytes_read), "bytes_read"),
+            "bytes_written": column(np.concatenate(cols.bytes_written), "bytes_written"),
+            "gemm_m": column(gemm[:, 0], "gemm_m"),
+            "gemm_n": column(gemm[:, 1], "gemm_n"),
+            "gemm_k": column(gemm[:, 2], "gemm_k"),
         }
     )
-    used = sorted({o.group_id for o in ops if o.kind == "collective" and o.group_id is not None})
-    ops.clear()  # the op objects are in the table now: free them before it is validated
-    del cols.start, cols.dur, cols.rank, cols.stream, cols.gpu, cols.dep
+    cols.__init__()  # type: ignore[misc]  # the columns are in the table now: free them
     return _to_trace(
         table,
-        used,
+        sorted(used),
         groups_by_id,
         "tracesim.ingest.kineto",
         [f.path.name for f in files],
@@ -1159,10 +997,10 @@ class _Cost:
     heavy: bool = False  # GEMM/conv/attention: the cost belongs to the GEMM-looking kernel(s)
 
 
-@dataclass(slots=True)
-class _CpuOp:
-    ev: _Ev
-    parent: int | None  # index of the enclosing recorded CPU op
+# What a convolution's cost reads besides its own shapes: the recorded args of its enclosing
+# convolution op (backward_input/backward_weight: (name, args) of their parent), or of the
+# first of itself and its ancestors with stride and padding (forward).
+_ConvContext = tuple[str, dict[str, Any]] | dict[str, Any] | None
 
 
 def _tensors(args: dict[str, Any]) -> list[tuple[list[int], str]] | None:
@@ -1232,11 +1070,10 @@ def _short(name: str) -> str:
     return base
 
 
-def _op_cost(ops: list[_CpuOp], k: int) -> _Cost | str:
-    """The cost of CPU op k (all its kernels together), or why there is none."""
-    ev = ops[k].ev
-    name = ev.name
-    ins = _tensors(ev.args)
+def _op_cost(name: str, args: dict[str, Any], context: _ConvContext) -> _Cost | str:
+    """The cost of a CPU op (all its kernels together), from its name and recorded shapes (`args`),
+    or why there is none."""
+    ins = _tensors(args)
     if ins is None:
         return "enclosing CPU op has no recorded shapes"
     tens = [x for x in ins if _is_tensor(*x)]
@@ -1247,7 +1084,7 @@ def _op_cost(ops: list[_CpuOp], k: int) -> _Cost | str:
     if name in GEMM_OPS:
         return _gemm_cost(name, ins, dtype, es)
     if name in CONV_FWD_OPS or "convolution_backward" in name:
-        return _conv_cost(ops, k, ins, dtype, es)
+        return _conv_cost(name, args, context, ins, dtype, es)
     if name in ATTN_OPS or name in ATTN_BWD_OPS or name.startswith("flash_attn::"):
         return _attn_cost(name, ins, dtype, es)
     short = _short(name)
@@ -1319,9 +1156,13 @@ def _conv_out(size: int, r: int, stride: int, pad: int, dil: int) -> int:
 
 
 def _conv_cost(
-    ops: list[_CpuOp], k: int, ins: list[tuple[list[int], str]], dtype: str | None, es: int
+    name: str,
+    args: dict[str, Any],
+    context: _ConvContext,
+    ins: list[tuple[list[int], str]],
+    dtype: str | None,
+    es: int,
 ) -> _Cost | str:
-    name = ops[k].ev.name
     shapes = [s for s, t in ins if _is_tensor(s, t)]
     bad = "convolution op with shapes it does not recognise"
     if "convolution_backward" in name:
@@ -1329,18 +1170,18 @@ def _conv_cost(
         # cudnn/miopen_convolution_backward; backward_input: ([], grad_out, weight);
         # backward_weight: ([], grad_out, input): its weight shape comes from the parent op.
         if name.endswith(("backward_input", "backward_weight")):
-            parent = ops[k].parent
-            pev = ops[parent].ev if parent is not None else None
-            pins = _tensors(pev.args) if pev is not None else None
-            if pev is not None and pins is not None and "convolution_backward" in pev.name:
-                return _conv_bwd(pev.name, [s for s, t in pins if _is_tensor(s, t)], 1, dtype, es)
+            if isinstance(context, tuple):
+                pname, pargs = context
+                pins = _tensors(pargs)
+                if pins is not None and "convolution_backward" in pname:
+                    return _conv_bwd(pname, [s for s, t in pins if _is_tensor(s, t)], 1, dtype, es)
             if name.endswith("backward_input") and len(shapes) >= 2:
                 g, w = shapes[0], shapes[1]
                 if len(g) >= 3 and len(w) == len(g):
                     x = [g[0], w[1], *g[2:]]
                     return _conv_flops(x, w, g, dtype, es, reads=[g, w], writes=[x])
             return bad
-        mask = _concrete(ops[k].ev.args, 10) if name == "aten::convolution_backward" else None
+        mask = _concrete(args, 10) if name == "aten::convolution_backward" else None
         grads = 2  # grad input and grad weight, unless the output mask says otherwise
         if isinstance(mask, list) and len(mask) >= 2:
             grads = int(mask[0] is True) + int(mask[1] is True)
@@ -1349,14 +1190,10 @@ def _conv_cost(
         return bad
     x, w = shapes[0], shapes[1]
     stride = pad = dil = None
-    j: int | None = k
-    while j is not None:
-        if ops[j].ev.name in CONV_STD_ORDER:
-            stride = _concrete_list(ops[j].ev.args, 3)
-            pad = _concrete_list(ops[j].ev.args, 4)
-            dil = _concrete_list(ops[j].ev.args, 5)
-            break
-        j = ops[j].parent
+    if isinstance(context, dict):
+        stride = _concrete_list(context, 3)
+        pad = _concrete_list(context, 4)
+        dil = _concrete_list(context, 5)
     nsp = len(x) - 2
     if stride is not None and pad is not None:
         d = dil or [1]
@@ -1442,115 +1279,233 @@ def _attn_cost(name: str, ins: list[tuple[list[int], str]], dtype: str | None, e
     return _Cost("attention", dtype, flops, io, out, heavy=True)
 
 
-def _innermost_ops(f: _File) -> tuple[list[_CpuOp], dict[int, int]]:
-    """Recorded CPU ops (with their enclosing op) and runtime call index → innermost enclosing one."""
-    by_thread: dict[Any, list[_Ev]] = defaultdict(list)
-    for ev in f.cpu_ops:
-        by_thread[ev.thread].append(ev)
-    rt_by_thread: dict[Any, list[int]] = defaultdict(list)
-    for i, ev in enumerate(f.runtime):
-        rt_by_thread[ev.thread].append(i)
-    ops: list[_CpuOp] = []
-    out: dict[int, int] = {}
-    for thread, evs in by_thread.items():
-        evs.sort(key=lambda e: (e.ts, -e.end))
-        calls = sorted(rt_by_thread.get(thread, []), key=lambda i: f.runtime[i].ts)
-        stack: list[int] = []
-        p = 0
-        for i in calls:
-            t = f.runtime[i].ts
-            while p < len(evs) and evs[p].ts <= t:
-                ev = evs[p]
-                while stack and ops[stack[-1]].ev.end < ev.ts:
-                    stack.pop()
-                ops.append(_CpuOp(ev, stack[-1] if stack else None))
-                stack.append(len(ops) - 1)
-                p += 1
-            while stack and ops[stack[-1]].ev.end < t:
-                stack.pop()
-            if stack:
-                out[i] = stack[-1]
-    return ops, out
+@dataclass
+class _GpuCosts:
+    """Per GPU op of a rank: its cost (none: NaN flops, -1 bytes, dtype code and GEMM shape)."""
+
+    flops: np.ndarray
+    read: np.ndarray
+    written: np.ndarray
+    dtype: np.ndarray  # codes of `_Columns.dtypes`
+    gemm: np.ndarray  # (ops, 3): m, n, k
 
 
-def _assign_costs(f: _File, launcher: dict[int, int], gpu_ops: list[_Op], report: IngestReport) -> None:
-    """Fills flops/bytes/dtype/gemm shape/category of this file's GPU ops (see the module doc)."""
-    cpu, inner = _innermost_ops(f) if f.cpu_ops else ([], {})
-    groups: dict[int, list[int]] = defaultdict(list)
-    miss = report.uncosted
-    for j, ev in enumerate(f.gpu):
-        op = gpu_ops[j]
-        if op.category == "communication":
-            miss["NCCL kernel (timed by the network model)"] += 1
-            continue
-        if op.kind == "memory":
-            nbytes = f.gpu_bytes[j]
-            low = ev.name.lower()
-            if nbytes is None or nbytes <= 0:
-                miss["copy/memset without a byte count"] += 1
-            elif "memset" in low:
-                op.bytes_read, op.bytes_written = 0, nbytes
-                report.costed += 1
-            elif "dtod" in low or "device -> device" in low:
-                op.bytes_read, op.bytes_written = nbytes, nbytes
-                report.costed += 1
-            else:
-                miss["host↔device copy (no PCIe in the roofline)"] += 1
-            continue
-        li = launcher.get(j)
-        if li is None:
-            miss["launch not in trace"] += 1
-            continue
-        k = inner.get(li)
-        if k is None:
-            miss["no enclosing CPU op with recorded shapes"] += 1
-            continue
-        groups[k].append(j)
-    # Ops of one name and the same recorded shapes cost the same (convolutions also read their
-    # enclosing op, so they are not shared).
-    memo: dict[tuple[str, str], _Cost | str] = {}
-    heavy_name: dict[str, bool] = {}
-    for k, js in groups.items():
-        ev = cpu[k].ev
-        key = None
-        if ev.shapes is not None and ev.name not in CONV_FWD_OPS and "convolution_backward" not in ev.name:
-            key = (ev.name, ev.shapes)
-        hit = memo.get(key) if key is not None else None
-        cost = hit if hit is not None else _op_cost(cpu, k)
-        if key is not None and hit is None:
-            memo[key] = cost
+# Costs above this are not kept (the columns are 64-bit).
+MAX_COST = 2**63 - 1
+
+
+def _counted(counter: Counter[str], order: np.ndarray, keys: list[str], counts: np.ndarray) -> None:
+    """Adds counts[i] to counter[keys[i]], keys in the order of `order` (the first op each was
+    seen at), so that the report lists ties as they were met; keys with a count of 0 are listed."""
+    total: dict[str, int] = {}
+    first: dict[str, int] = {}
+    for o, k, c in zip(order.tolist(), keys, counts.tolist(), strict=True):
+        total[k] = total.get(k, 0) + int(c)
+        first[k] = min(first.get(k, o), o)
+    for k in sorted(total, key=first.__getitem__):
+        counter[k] += total[k]
+
+
+def _assign_costs(
+    path: Path,
+    r: _Rank,
+    extra_rec: pa.RecordBatch | None,
+    gpu_kind: np.ndarray,
+    nccl: np.ndarray,
+    name_idx: np.ndarray,
+    gpu_names: list[str],
+    category: np.ndarray,
+    cols: _Columns,
+    report: IngestReport,
+) -> _GpuCosts:
+    """The costs of a rank's GPU ops (see the module doc); sets the category of costed kernels
+    (in `category`) and counts the ops without cost by reason. Vectorised: only each distinct
+    (CPU op name, recorded shapes) has its cost worked out in Python."""
+    g = len(gpu_kind)
+    out = _GpuCosts(
+        np.full(g, np.nan), np.full(g, -1, np.int64), np.full(g, -1, np.int64), np.full(g, -1, np.int64),
+        np.full((g, 3), -1, np.int64),
+    )  # fmt: skip
+    if g == 0:
+        return out
+    reasons: list[str] = []
+    reason = np.full(g, -1, np.int64)
+
+    def why(mask: np.ndarray, text: str) -> None:
+        reason[mask] = len(reasons)
+        reasons.append(text)
+
+    why(nccl, "NCCL kernel (timed by the network model)")
+    # Copies and fills: DtoD copies and memsets get their bytes.
+    memory = gpu_kind == MEMORY
+    low = [w.lower() for w in gpu_names]
+    is_memset = np.array(["memset" in w for w in low], bool)[name_idx]
+    is_dtod = np.array(["dtod" in w or "device -> device" in w for w in low], bool)[name_idx]
+    nbytes = _ints(r.gpu.column("bytes"), -1)
+    sized = memory & (nbytes > 0)
+    why(memory & ~sized, "copy/memset without a byte count")
+    fill, dtod = sized & is_memset, sized & ~is_memset & is_dtod
+    out.read[fill], out.written[fill] = 0, nbytes[fill]
+    out.read[dtod], out.written[dtod] = nbytes[dtod], nbytes[dtod]
+    why(sized & ~is_memset & ~is_dtod, "host↔device copy (no PCIe in the roofline)")
+    report.costed += int(fill.sum() + dtod.sum())
+
+    # Kernels: the innermost CPU op with recorded shapes enclosing their launch.
+    kernel = ~memory & ~nccl
+    launch = _ints(r.gpu.column("launch"))
+    why(kernel & (launch < 0), "launch not in trace")
+    rec = r.recorded
+    if extra_rec is not None and extra_rec.num_rows:
+        # Strings as plain strings: the two parts' dictionaries differ.
+        both = [pa.table(b).cast(_plain_strings(b.schema)) for b in (rec, extra_rec)]
+        rec = pa.concat_tables(both).combine_chunks().to_batches()[0]
+    if rec.num_rows:
+        inner_b, parent_b = kineto_innermost(
+            pa.record_batch({"ts": r.runtime.column("ts"), "thread": r.runtime.column("thread")}),
+            pa.record_batch({c: rec.column(c) for c in ("ts", "end", "thread")}),
+        )
+        inner = _ints(inner_b.column("inner"))
+        parent = _ints(parent_b.column("parent"))
+        cpu = np.where(launch >= 0, inner[np.maximum(launch, 0)] if len(inner) else -1, -1)
+    else:
+        parent = np.zeros(0, np.int64)
+        cpu = np.full(g, -1, np.int64)
+    why(kernel & (launch >= 0) & (cpu < 0), "no enclosing CPU op with recorded shapes")
+    found = np.flatnonzero(reason >= 0)
+    _counted(
+        report.uncosted, found, [reasons[c] for c in reason[found].tolist()], np.ones(len(found), np.int64)
+    )
+
+    js = np.flatnonzero(kernel & (cpu >= 0))
+    if len(js) == 0:
+        return out
+    # Groups: the kernels of one CPU op (in order of their first kernel).
+    rows, first, inv, size = np.unique(cpu[js], return_index=True, return_inverse=True, return_counts=True)
+    inv = inv.reshape(-1)
+    rname_idx, rnames = _codes(rec.column("name"))
+    rshape_idx, rshapes = _codes(rec.column("shapes"))
+    # Convolutions also read their enclosing convolution op: a context per group, as a code.
+    contexts: dict[tuple[Any, ...], int] = {}
+    ctx = np.full(len(rows), -1, np.int64)
+    for gi in np.flatnonzero(
+        np.array([_conv_kind(w) for w in rnames], np.int8)[rname_idx[rows]] > 0
+    ).tolist():
+        row = int(rows[gi])
+        name = rnames[rname_idx[row]]
+        key: tuple[Any, ...] | None = None
+        if name in CONV_FWD_OPS:
+            j = row
+            while j >= 0:
+                if rnames[rname_idx[j]] in CONV_STD_ORDER:
+                    key = ("std", int(rshape_idx[j]))
+                    break
+                j = int(parent[j])
+        elif name.endswith(("backward_input", "backward_weight")) and parent[row] >= 0:
+            p = int(parent[row])
+            key = ("parent", int(rname_idx[p]), int(rshape_idx[p]))
+        if key is not None:
+            ctx[gi] = contexts.setdefault(key, len(contexts))
+    # One cost per distinct (name, shapes, context).
+    keys, key_of = np.unique(
+        np.stack([rname_idx[rows], rshape_idx[rows], ctx], 1), axis=0, return_inverse=True
+    )
+    key_of = key_of.reshape(-1)
+    ctx_of = {v: k for k, v in contexts.items()}
+    args_memo: dict[int, dict[str, Any]] = {}
+
+    def args(shape: int) -> dict[str, Any]:
+        a = args_memo.get(shape)
+        if a is None:
+            a = args_memo[shape] = _args(rshapes[shape] if shape >= 0 else None, path)
+        return a
+
+    nk = len(keys)
+    k_ok = np.zeros(nk, bool)
+    k_heavy = np.zeros(nk, bool)
+    k_flops = np.full(nk, np.nan)
+    k_read = np.zeros(nk, np.int64)
+    k_written = np.zeros(nk, np.int64)
+    k_dtype = np.full(nk, -1, np.int64)
+    k_cat = np.full(nk, -1, np.int64)
+    k_gemm = np.full((nk, 3), -1, np.int64)
+    k_why: list[str] = []
+    for i, (ni, si, ci) in enumerate(keys.tolist()):
+        context: _ConvContext = None
+        if ci >= 0:
+            c = ctx_of[ci]
+            context = args(c[1]) if c[0] == "std" else (rnames[c[1]], args(c[2]))
+        cost = _op_cost(rnames[ni], args(si), context)
+        if isinstance(cost, _Cost) and (
+            max(cost.read, cost.written, *(cost.gemm or ())) > MAX_COST or min(cost.read, cost.written) < 0
+        ):
+            cost = "recorded shapes of 2^63 bytes or elements or more"
         if isinstance(cost, str):
-            miss[cost] += len(js)
-            report.uncosted_ops[cpu[k].ev.name] += len(js)
+            k_why.append(cost)
             continue
-        targets = js
-        if cost.heavy:
-            heavy = []
-            for j in js:
-                name = f.gpu[j].name
-                h = heavy_name.get(name)
-                if h is None:
-                    h = heavy_name[name] = bool(HEAVY_RE.search(name)) and not NOT_HEAVY_RE.search(name)
-                if h:
-                    heavy.append(j)
-            if heavy:
-                targets = heavy
-                miss["extra kernel of a GEMM/conv/attention op (cost on its main kernel)"] += len(js) - len(
-                    heavy
-                )
-        if len(targets) > 1:
-            report.split_kernels += len(targets)
-        n = len(targets)
-        for j in targets:
-            op = gpu_ops[j]
-            op.flops = None if cost.flops is None else cost.flops / n
-            op.bytes_read = cost.read // n
-            op.bytes_written = cost.written // n
-            op.dtype = cost.dtype
-            if cost.dtype == "fp32" and cost.heavy and TF32_RE.search(f.gpu[j].name):
-                op.dtype = "tf32"
-            if cost.gemm is not None and n == 1:
-                op.gemm_m, op.gemm_n, op.gemm_k = cost.gemm
-            if cost.heavy or op.category not in GEMM_LIKE_CATEGORIES:
-                op.category = cost.category
-            report.costed += 1
+        k_why.append("")
+        k_ok[i], k_heavy[i] = True, cost.heavy
+        k_flops[i] = np.nan if cost.flops is None else cost.flops
+        k_read[i], k_written[i] = cost.read, cost.written
+        k_dtype[i] = cols.dtypes.code(cost.dtype)
+        k_cat[i] = cols.categories.code(cost.category)
+        if cost.gemm is not None:
+            k_gemm[i] = cost.gemm
+
+    gkey = key_of  # per group
+    okey = gkey[inv]  # per kernel of js
+    heavy_name = np.array([bool(HEAVY_RE.search(w)) and not NOT_HEAVY_RE.search(w) for w in gpu_names], bool)
+    heavy = heavy_name[name_idx[js]]
+    n_heavy = np.bincount(inv, weights=heavy & k_heavy[okey], minlength=len(rows)).astype(np.int64)
+    on_heavy = k_ok[gkey] & k_heavy[gkey] & (n_heavy > 0)  # per group: cost on its heavy kernels
+    target = k_ok[okey] & (~on_heavy[inv] | heavy)
+    n_target = np.bincount(inv, weights=target, minlength=len(rows)).astype(np.int64)
+
+    # The report: groups without cost (by reason and by CPU op), extra kernels of heavy ops.
+    failed = np.flatnonzero(~k_ok[gkey])
+    heavy_groups = np.flatnonzero(on_heavy)
+    firsts = np.concatenate([first[failed], first[heavy_groups]])
+    texts = [k_why[k] for k in gkey[failed].tolist()]
+    texts += ["extra kernel of a GEMM/conv/attention op (cost on its main kernel)"] * len(heavy_groups)
+    _counted(
+        report.uncosted,
+        firsts,
+        texts,
+        np.concatenate([size[failed], size[heavy_groups] - n_heavy[heavy_groups]]),
+    )
+    _counted(
+        report.uncosted_ops,
+        first[failed],
+        [rnames[rname_idx[rows[gi]]] for gi in failed.tolist()],
+        size[failed],
+    )
+    report.split_kernels += int(n_target[n_target > 1].sum())
+    report.costed += int(target.sum())
+
+    t = js[target]
+    tk = okey[target]
+    n = n_target[inv[target]]
+    out.flops[t] = k_flops[tk] / n
+    out.read[t] = k_read[tk] // n
+    out.written[t] = k_written[tk] // n
+    dtype = k_dtype[tk]
+    tf32_name = np.array([bool(TF32_RE.search(w)) for w in gpu_names], bool)[name_idx[t]]
+    fp32 = cols.dtypes.code("fp32")
+    dtype[(dtype == fp32) & k_heavy[tk] & tf32_name] = cols.dtypes.code("tf32")
+    out.dtype[t] = dtype
+    single = (n == 1) & (k_gemm[tk, 0] >= 0)
+    out.gemm[t[single]] = k_gemm[tk[single]]
+    gemm_like = np.isin(category[t], [cols.categories.code(c) for c in GEMM_LIKE_CATEGORIES])
+    recat = k_heavy[tk] | ~gemm_like
+    category[t[recat]] = k_cat[tk[recat]]
+    return out
+
+
+def _plain_strings(schema: pa.Schema) -> pa.Schema:
+    return pa.schema([(f.name, pa.string() if pa.types.is_dictionary(f.type) else f.type) for f in schema])
+
+
+def _conv_kind(name: str) -> int:
+    """1: a convolution whose cost reads an enclosing op's args (forward, backward_input/weight)."""
+    if name in CONV_FWD_OPS:
+        return 1
+    return int("convolution_backward" in name and name.endswith(("backward_input", "backward_weight")))
