@@ -602,7 +602,7 @@ def _ingest(
 
     groups_by_id = _match_collectives(colls, files, rank_of, report)
     report.iterations = sorted(set(report.iterations))
-    kinds = np.concatenate(cols.kind) if cols.kind else np.zeros(0, np.int8)
+    kinds = _take_all(cols.kind) if cols.kind else np.zeros(0, np.int8)
     for c in colls:
         if c.kind == "collective":
             kinds[c.key] = COLLECTIVE
@@ -679,11 +679,11 @@ def _map_rank(
 
     cols.start.append(_ints(ops.column("start")) - base)
     cols.dur.append(_ints(ops.column("dur")))
-    cols.rank.append(np.full(n, rank, np.int64))
-    cols.stream.append(_ints(ops.column("stream")))
+    cols.rank.append(np.full(n, rank, np.int32))
+    cols.stream.append(_ints(ops.column("stream")).astype(np.int32))
     cols.kind.append(np.concatenate([gpu_kind, np.full(n - g, HOST, np.int8)]))
-    cols.category.append(np.concatenate([category, np.full(n - g, -1, np.int64)]))
-    cols.dtype.append(np.concatenate([costs.dtype, np.full(n - g, -1, np.int64)]))
+    cols.category.append(np.concatenate([category, np.full(n - g, -1, np.int64)]).astype(np.int32))
+    cols.dtype.append(np.concatenate([costs.dtype, np.full(n - g, -1, np.int64)]).astype(np.int32))
     cols.iteration.append(ops.column("iteration"))
     deps = ops.column("deps")
     cols.deps.append(
@@ -766,86 +766,91 @@ def _build(
     groups_by_id: dict[int, tuple[str, list[int]]],
 ) -> Trace:
     """The validated trace of the ops: sorted by (start, rank, stream, key) into op_id order,
-    deps mapped from keys to op_ids."""
+    deps mapped from keys to op_ids. Each column is made and its parts freed before the next, so
+    that the ops are held about once."""
     n = cols.n
-    start = np.concatenate(cols.start)
-    rank = np.concatenate(cols.rank)
-    stream = np.concatenate(cols.stream)
+    start = _take_all(cols.start)
+    rank = _take_all(cols.rank)
+    stream = _take_all(cols.stream)
     order = np.lexsort((np.arange(n), stream, rank, start))
     op_id = np.empty(n, np.int64)
     op_id[order] = np.arange(n)
     take = pa.array(order)
+    out: dict[str, pa.Array] = {"op_id": pa.array(np.arange(n), OP_COLUMN_TYPES["op_id"])}
+    out["rank"] = pa.array(rank[order], OP_COLUMN_TYPES["rank"])
+    out["stream"] = pa.array(stream[order], OP_COLUMN_TYPES["stream"])
+    del rank, stream
+    names = pa.chunked_array(cols.name).unify_dictionaries().combine_chunks()
+    out["name"] = names.take(take).cast(pa.string())
+    del names
+    cols.name.clear()
 
-    deps = pa.chunked_array(cols.deps, pa.large_list(pa.int64())).combine_chunks().take(take)
-    deps = pa.LargeListArray.from_arrays(
-        pc.subtract(deps.offsets, deps.offsets[0]), pa.array(op_id[_ints(deps.flatten())])
-    ).cast(OP_COLUMN_TYPES["deps"])
-    name = pa.chunked_array(cols.name).unify_dictionaries().combine_chunks().take(take)
-
-    # Collectives (matched ones only): their columns, by key.
-    coll_code = np.full(n, -1, np.int64)
-    group_id = np.full(n, -1, np.int64)
-    coll_seq = np.full(n, -1, np.int64)
-    comm_bytes = np.full(n, -1, np.int64)
+    # Collectives (matched ones only): their columns and dtype, by key.
+    is_coll = np.zeros(n, bool)
+    coll_code = np.full(n, -1, np.int32)
+    group_id = np.zeros(n, np.int64)
+    coll_seq = np.zeros(n, np.int64)
+    comm_bytes = np.zeros(n, np.uint64)
     colls_vocab = _Vocab()
-    dtype = np.concatenate(cols.dtype)
+    dtype = _take_all(cols.dtype)
     used: set[int] = set()
     for c in colls:
         if c.kind != "collective":
             continue
         assert c.group_id is not None and c.coll_seq is not None and c.comm_bytes is not None
+        is_coll[c.key] = True
         coll_code[c.key] = colls_vocab.code(c.coll)
         group_id[c.key], coll_seq[c.key] = c.group_id, c.coll_seq
         comm_bytes[c.key] = c.comm_bytes
         dtype[c.key] = cols.dtypes.code(c.dtype)
         used.add(c.group_id)
-
-    def column(values: np.ndarray, attr: str) -> pa.Array:
-        v = values[order]
-        return pa.array(v, OP_COLUMN_TYPES[attr], mask=v < 0)
+    kind_vocab = _Vocab()
+    for w in KINDS:
+        kind_vocab.code(w)
 
     def strings(codes: np.ndarray, vocab: _Vocab) -> pa.Array:
         return vocab.column(codes[order]).cast(pa.string())
 
-    def as_uint64(values: np.ndarray, attr: str) -> pa.Array:
-        # comm_bytes may pass 2^63: kept as uint64 through a view of the bits.
+    def ints(values: np.ndarray, attr: str, mask: np.ndarray | None = None) -> pa.Array:
+        """`values` in op_id order; null where `mask` (default: where negative)."""
         v = values[order]
-        return pa.array(v.view(np.uint64), OP_COLUMN_TYPES[attr], mask=v == -1)
+        return pa.array(v, OP_COLUMN_TYPES[attr], mask=(v < 0) if mask is None else mask[order])
 
-    flops = np.concatenate(cols.flops)[order]
-    gemm = np.concatenate(cols.gemm)
-    kind_vocab = _Vocab()
-    for w in KINDS:
-        kind_vocab.code(w)
-    table = pa.table(
-        {
-            "op_id": pa.array(np.arange(n), OP_COLUMN_TYPES["op_id"]),
-            "rank": pa.array(rank[order], OP_COLUMN_TYPES["rank"]),
-            "stream": pa.array(stream[order], OP_COLUMN_TYPES["stream"]),
-            "name": name.cast(pa.string()),
-            "kind": strings(kinds.astype(np.int64), kind_vocab),
-            "category": strings(np.concatenate(cols.category), cols.categories),
-            "dtype": strings(dtype, cols.dtypes),
-            "duration_ns": pa.array(np.concatenate(cols.dur)[order], OP_COLUMN_TYPES["duration_ns"]),
-            "start_ns": pa.array(start[order], OP_COLUMN_TYPES["start_ns"]),
-            "deps": deps,
-            "coll": strings(coll_code, colls_vocab),
-            "group_id": column(group_id, "group_id"),
-            "coll_seq": column(coll_seq, "coll_seq"),
-            "comm_bytes": as_uint64(comm_bytes, "comm_bytes"),
-            "iteration": pa.chunked_array(cols.iteration, pa.int64())
-            .combine_chunks()
-            .take(take)
-            .cast(OP_COLUMN_TYPES["iteration"]),
-            "flops": pa.array(flops, OP_COLUMN_TYPES["flops"], mask=np.isnan(flops)),
-            "bytes_read": column(np.concatenate(cols.bytes_read), "bytes_read"),
-            "bytes_written": column(np.concatenate(cols.bytes_written), "bytes_written"),
-            "gemm_m": column(gemm[:, 0], "gemm_m"),
-            "gemm_n": column(gemm[:, 1], "gemm_n"),
-            "gemm_k": column(gemm[:, 2], "gemm_k"),
-        }
-    )
-    cols.__init__()  # type: ignore[misc]  # the columns are in the table now: free them
+    out["kind"] = strings(kinds.astype(np.int32), kind_vocab)
+    out["category"] = strings(_take_all(cols.category), cols.categories)
+    out["dtype"] = strings(dtype, cols.dtypes)
+    del dtype
+    out["duration_ns"] = pa.array(_take_all(cols.dur)[order], OP_COLUMN_TYPES["duration_ns"])
+    out["start_ns"] = pa.array(start[order], OP_COLUMN_TYPES["start_ns"])
+    del start
+    deps = pa.chunked_array(cols.deps, pa.large_list(pa.int64())).combine_chunks().take(take)
+    cols.deps.clear()
+    targets = op_id[_ints(deps.flatten())]
+    offsets = pc.subtract(deps.offsets, deps.offsets[0])
+    del deps, op_id
+    out["deps"] = pa.LargeListArray.from_arrays(offsets, pa.array(targets)).cast(OP_COLUMN_TYPES["deps"])
+    del targets, offsets
+    out["coll"] = strings(coll_code, colls_vocab)
+    not_coll = ~is_coll
+    out["group_id"] = ints(group_id, "group_id", not_coll)
+    out["coll_seq"] = ints(coll_seq, "coll_seq", not_coll)
+    out["comm_bytes"] = ints(comm_bytes, "comm_bytes", not_coll)
+    del is_coll, not_coll, coll_code, group_id, coll_seq, comm_bytes
+    iteration = pa.chunked_array(cols.iteration, pa.int64()).combine_chunks()
+    cols.iteration.clear()
+    out["iteration"] = iteration.take(take).cast(OP_COLUMN_TYPES["iteration"])
+    del iteration
+    flops = _take_all(cols.flops)[order]
+    out["flops"] = pa.array(flops, OP_COLUMN_TYPES["flops"], mask=np.isnan(flops))
+    del flops
+    out["bytes_read"] = ints(_take_all(cols.bytes_read), "bytes_read")
+    out["bytes_written"] = ints(_take_all(cols.bytes_written), "bytes_written")
+    gemm = _take_all(cols.gemm)
+    for i, attr in enumerate(("gemm_m", "gemm_n", "gemm_k")):
+        out[attr] = ints(gemm[:, i], attr)
+    del gemm
+    table = pa.table(out)
+    del out
     return _to_trace(
         table,
         sorted(used),
@@ -854,6 +859,13 @@ def _build(
         [f.path.name for f in files],
         [f.source_rank for f in files],
     )
+
+
+def _take_all(parts: list[np.ndarray]) -> np.ndarray:
+    """The parts (of each rank) as one array; the list is emptied, so that they are freed."""
+    whole = np.concatenate(parts)
+    parts.clear()
+    return whole
 
 
 # ---------------------------------------------------------------------------------------------
