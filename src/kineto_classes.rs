@@ -70,7 +70,8 @@ pub enum TimeUnit {
 }
 
 /// Splits `cols` into classes (see [`KinetoClasses`]). `keep_cpu`: also every CPU operator and
-/// annotation (`cpu_all`, in file order, with their whole `args`).
+/// annotation (`cpu_all`, in file order, with `has_dims` and the `rf_id`, `external_id` and
+/// `concrete` args the reader kept for them).
 pub fn split(
     cols: KinetoColumns,
     unit: TimeUnit,
@@ -222,8 +223,14 @@ pub fn split(
     ];
     if keep_cpu {
         let rows: Vec<usize> = (0..src.rows).filter(|&r| keep_all[r]).collect();
-        let batch = take(&src, ts, dur, &rows, &[ev, &["args"]].concat())
-            .and_then(|b| with_columns(b, vec![("cpu_op", Arc::new(BooleanArray::from(cpu_op)))]));
+        let batch = take(
+            &src,
+            ts,
+            dur,
+            &rows,
+            &[ev, &["rf_id", "external_id", "concrete", "has_dims"]].concat(),
+        )
+        .and_then(|b| with_columns(b, vec![("cpu_op", Arc::new(BooleanArray::from(cpu_op)))]));
         classes.push(("cpu_all", batch));
     }
     let classes = classes
@@ -395,6 +402,8 @@ struct Source<'a> {
     has_dims: &'a BooleanArray,
     args: &'a LargeStringArray,
     shapes: &'a StringViewArray,
+    /// Of `args`, when the reader kept them (`keep_ids`): `rf_id`, `external_id`, `concrete`.
+    ids: Option<[&'a StringArray; 3]>,
 }
 
 fn column<'a, T: 'static>(b: &'a RecordBatch, name: &str) -> Result<&'a T, ArrowError> {
@@ -425,6 +434,10 @@ impl<'a> Source<'a> {
             has_dims: column(b, "has_dims")?,
             args: column(b, "args")?,
             shapes: column(b, "shapes")?,
+            ids: match b.column_by_name("rf_id") {
+                Some(_) => Some([column(b, "rf_id")?, column(b, "external_id")?, column(b, "concrete")?]),
+                None => None,
+            },
         })
     }
 }
@@ -487,6 +500,21 @@ fn take(
                 Arc::new(b.finish())
             }
             "bytes" => int(src.bytes, false),
+            "has_dims" => Arc::new(BooleanArray::from_iter(
+                rows.iter().map(|&r| Some(src.has_dims.value(r))),
+            )),
+            "rf_id" | "external_id" | "concrete" => {
+                let i = ["rf_id", "external_id", "concrete"]
+                    .iter()
+                    .position(|k| *k == n)
+                    .unwrap_or(0);
+                let mut b = StringBuilder::new();
+                for &r in rows {
+                    let col = src.ids.map(|ids| ids[i]);
+                    b.append_option(col.and_then(|c| c.is_valid(r).then(|| c.value(r))));
+                }
+                Arc::new(b.finish())
+            }
             "step_n" => {
                 let mut b = StringBuilder::new();
                 for &r in rows {

@@ -66,13 +66,16 @@ pub struct KinetoColumns {
 ///   (`Input Dims`/`Input dims`, `Input type`/`Input types`, `Concrete Inputs`): a key for
 ///   events of equal shapes (their `args` differ in ids).
 /// - `args`: the JSON text of `args` when the ingester needs more of it: events with collective
-///   metadata, `record_param_comms`, or every event when asked (`keep_args`).
-pub fn schema() -> Schema {
+///   metadata and `record_param_comms`.
+/// - With `keep_ids` only (the pairing with an execution trace): `rf_id`, `external_id`,
+///   `concrete`: the JSON text of `args`' `Record function id`, `External id` and `Concrete
+///   Inputs`, null when absent.
+pub fn schema(keep_ids: bool) -> Schema {
     let s = |n: &str, null: bool| Field::new(n, DataType::Utf8View, null);
     let u = |n: &str| Field::new(n, DataType::Utf8, true);
     let i = |n: &str| Field::new(n, DataType::Int64, true);
     let b = |n: &str| Field::new(n, DataType::Boolean, false);
-    Schema::new(vec![
+    let mut fields = vec![
         s("ph", false),
         s("name", false),
         s("cat", false),
@@ -92,30 +95,34 @@ pub fn schema() -> Schema {
         b("has_coll"),
         Field::new("args", DataType::LargeUtf8, true),
         s("shapes", true),
-    ])
+    ];
+    if keep_ids {
+        fields.extend([u("rf_id"), u("external_id"), u("concrete")]);
+    }
+    Schema::new(fields)
 }
 
 /// Reads a Kineto trace file, plain or gzip (by its magic bytes), streaming.
-pub fn read_kineto_file(path: &Path, keep_args: bool) -> Result<KinetoColumns, KinetoJsonError> {
+pub fn read_kineto_file(path: &Path, keep_ids: bool) -> Result<KinetoColumns, KinetoJsonError> {
     let name = path.display().to_string();
     let (reader, io_what) = open(path).map_err(KinetoJsonError)?;
-    read_stream(reader, &name, keep_args, io_what)
+    read_stream(reader, &name, keep_ids, io_what)
 }
 
 /// Reads a Kineto trace's JSON text. `path` only names the file in errors.
 #[cfg(test)]
-pub fn read_kineto(text: &[u8], path: &str, keep_args: bool) -> Result<KinetoColumns, KinetoJsonError> {
-    read_stream(text, path, keep_args, "cannot read")
+pub fn read_kineto(text: &[u8], path: &str, keep_ids: bool) -> Result<KinetoColumns, KinetoJsonError> {
+    read_stream(text, path, keep_ids, "cannot read")
 }
 
 /// `io_what`: how a read error is described (a gzip stream's errors are its corruption).
 fn read_stream<R: BufRead>(
     reader: R,
     path: &str,
-    keep_args: bool,
+    keep_ids: bool,
     io_what: &str,
 ) -> Result<KinetoColumns, KinetoJsonError> {
-    let mut cols = Builders::new(keep_args);
+    let mut cols = Builders::new(keep_ids);
     let mut scan = Scanner::new(reader);
     let top = read_top(&mut scan, &mut cols).map_err(|e| match e {
         ScanError::Io(e) => KinetoJsonError(format!("{path}: {io_what}: {e}")),
@@ -467,6 +474,8 @@ struct Args<'a> {
     types_plural: Option<&'a RawValue>,
     concrete: Option<&'a RawValue>,
     coll: Option<&'a RawValue>,
+    rf_id: Option<&'a RawValue>,
+    external_id: Option<&'a RawValue>,
 }
 
 impl<'de> Deserialize<'de> for Args<'de> {
@@ -483,20 +492,23 @@ impl<'de> Visitor<'de> for ArgsVisitor {
         f.write_str("an args object")
     }
     fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
-        let [correlation, stream, bytes, dims, dims_lower, types, types_plural, concrete, coll] = raw_fields(
-            &mut map,
-            &[
-                "correlation",
-                "stream",
-                "bytes",
-                "Input Dims",
-                "Input dims",
-                "Input type",
-                "Input types",
-                "Concrete Inputs",
-                "Collective name",
-            ],
-        )?;
+        let [correlation, stream, bytes, dims, dims_lower, types, types_plural, concrete, coll, rf_id, external_id] =
+            raw_fields(
+                &mut map,
+                &[
+                    "correlation",
+                    "stream",
+                    "bytes",
+                    "Input Dims",
+                    "Input dims",
+                    "Input type",
+                    "Input types",
+                    "Concrete Inputs",
+                    "Collective name",
+                    "Record function id",
+                    "External id",
+                ],
+            )?;
         Ok(Args {
             correlation,
             stream,
@@ -507,6 +519,8 @@ impl<'de> Visitor<'de> for ArgsVisitor {
             types_plural,
             concrete,
             coll,
+            rf_id,
+            external_id,
         })
     }
 }
@@ -537,7 +551,7 @@ fn shapes_of(args: &Args<'_>) -> String {
 }
 
 struct Builders {
-    keep_args: bool,
+    keep_ids: bool,
     ph: StringViewBuilder,
     name: StringViewBuilder,
     cat: StringViewBuilder,
@@ -557,14 +571,17 @@ struct Builders {
     has_coll: BooleanBuilder,
     args: LargeStringBuilder,
     shapes: StringViewBuilder,
+    rf_id: StringBuilder,
+    external_id: StringBuilder,
+    concrete: StringBuilder,
     non_objects: u64,
     error: Option<String>,
 }
 
 impl Builders {
-    fn new(keep_args: bool) -> Self {
+    fn new(keep_ids: bool) -> Self {
         Builders {
-            keep_args,
+            keep_ids,
             ph: StringViewBuilder::new().with_deduplicate_strings(),
             name: StringViewBuilder::new().with_deduplicate_strings(),
             cat: StringViewBuilder::new().with_deduplicate_strings(),
@@ -584,6 +601,9 @@ impl Builders {
             has_coll: BooleanBuilder::new(),
             args: LargeStringBuilder::new(),
             shapes: StringViewBuilder::new().with_deduplicate_strings(),
+            rf_id: StringBuilder::new(),
+            external_id: StringBuilder::new(),
+            concrete: StringBuilder::new(),
             non_objects: 0,
             error: None,
         }
@@ -620,15 +640,21 @@ impl Builders {
         let dims = args.dims.is_some() || args.dims_lower.is_some();
         self.has_dims.append_value(dims);
         self.has_coll.append_value(args.coll.is_some());
-        let want = self.keep_args || args.coll.is_some() || name == "record_param_comms";
+        let want = args.coll.is_some() || name == "record_param_comms";
         self.args
             .append_option(ev.args.filter(|a| want && a.get().starts_with('{')).map(RawValue::get));
         self.shapes.append_option(dims.then(|| shapes_of(args)));
+        if self.keep_ids {
+            let text = |v: Option<&'_ RawValue>| v.map(|v| v.get().to_owned()).filter(|t| t != "null");
+            self.rf_id.append_option(text(args.rf_id));
+            self.external_id.append_option(text(args.external_id));
+            self.concrete.append_option(text(args.concrete));
+        }
         self.name.append_value(name);
     }
 
     fn finish(&mut self) -> Result<RecordBatch, arrow_schema::ArrowError> {
-        let cols: Vec<ArrayRef> = vec![
+        let mut cols: Vec<ArrayRef> = vec![
             Arc::new(self.ph.finish()),
             Arc::new(self.name.finish()),
             Arc::new(self.cat.finish()),
@@ -649,7 +675,12 @@ impl Builders {
             Arc::new(self.args.finish()),
             Arc::new(self.shapes.finish()),
         ];
-        RecordBatch::try_new(Arc::new(schema()), cols)
+        if self.keep_ids {
+            cols.push(Arc::new(self.rf_id.finish()));
+            cols.push(Arc::new(self.external_id.finish()));
+            cols.push(Arc::new(self.concrete.finish()));
+        }
+        RecordBatch::try_new(Arc::new(schema(self.keep_ids)), cols)
     }
 }
 
@@ -690,7 +721,7 @@ mod tests {
             {"ph": "X", "cat": "kernel", "name": "k\"1", "pid": 0, "tid": "stream 7",
              "ts": 1700000000123456.789, "dur": 2, "args": {"correlation": 5, "stream": 7}},
             {"ph": "X", "cat": "cpu_op", "name": "aten::mm", "pid": 1, "tid": 2, "ts": "10",
-             "args": {"Input Dims": [[2, 3]], "bytes": "12.5"}},
+             "args": {"Input Dims": [[2, 3]], "bytes": "12.5", "Record function id": 9, "External id": null}},
             {"ph": "f", "id": "x", "ts": null, "name": null},
             3, "text"
           ], "other": [1, 2]}"#;
@@ -721,9 +752,11 @@ mod tests {
         let args = col::<LargeStringArray>(b, "args");
         assert!(args.is_null(0));
         assert!(args.is_null(1)); // its shapes are enough
+        assert!(b.column_by_name("rf_id").is_none()); // only with keep_ids
         let kept = read_kineto(text, "f.json", true).expect("reads");
-        let kept_args = col::<LargeStringArray>(&kept.events, "args");
-        assert!(kept_args.value(1).contains("Input Dims"));
+        assert_eq!(col::<StringArray>(&kept.events, "rf_id").value(1), "9");
+        assert!(col::<StringArray>(&kept.events, "external_id").is_null(1)); // null is absent
+        assert!(col::<StringArray>(&kept.events, "concrete").is_null(1));
         let shapes = col::<StringViewArray>(b, "shapes");
         assert_eq!(shapes.value(1), r#"{"Input Dims": [[2, 3]]}"#);
         assert!(shapes.is_null(0));

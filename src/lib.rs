@@ -1,6 +1,6 @@
 //! tracesim's core: the replay engine and hardware models (deterministic, no I/O), and the
 //! streaming readers of large trace files (`json_stream`, `kineto_json`, `kineto_classes`) and the
-//! Kineto mapping (`kineto_map`).
+//! Kineto mapping (`kineto_map`) and the reader of execution-trace nodes for pairing (`pytorch_et`).
 //!
 //! Python reaches it through `src/python/` (feature `python`); Rust users call [`simulate`].
 
@@ -18,6 +18,7 @@ pub mod kineto_json;
 pub mod kineto_map;
 pub mod memory;
 pub mod model;
+pub mod pytorch_et;
 pub mod summary;
 pub mod system;
 pub mod trace;

@@ -13,6 +13,7 @@ __all__ = [
     "kineto_innermost",
     "map_kineto_rank",
     "op_times",
+    "read_et_nodes",
     "read_kineto_file",
     "simulate",
     "validate",
@@ -52,6 +53,7 @@ def map_kineto_rank(
     extra_deps: pa.RecordBatch,
     base: int,
 ) -> tuple[pa.RecordBatch, list[tuple[str, int]]]: ...
+def read_et_nodes(path: str | os.PathLike[str]) -> tuple[pa.RecordBatch, list[tuple[str, str]]]: ...
 def kineto_innermost(
     calls: pa.RecordBatch, events: pa.RecordBatch
 ) -> tuple[pa.RecordBatch, pa.RecordBatch]: ...

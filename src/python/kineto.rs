@@ -269,3 +269,16 @@ pub fn kineto_innermost<'py>(
         PyRecordBatch::new(parent).into_pyarrow(py)?,
     ))
 }
+
+/// (nodes, [(key, JSON text)]).
+type EtNodes<'py> = (Bound<'py, PyAny>, Vec<(String, String)>);
+
+/// The nodes of a PyTorch execution trace (`crate::pytorch_et`): (RecordBatch of id, name,
+/// rf_id, dims, inputs, outputs; [(other top-level key, JSON text)]).
+#[pyfunction]
+pub fn read_et_nodes(py: Python<'_>, path: PathBuf) -> PyResult<EtNodes<'_>> {
+    let et = py
+        .detach(|| crate::pytorch_et::read_et_nodes(&path))
+        .map_err(TraceError::new_err)?;
+    Ok((PyRecordBatch::new(et.nodes).into_pyarrow(py)?, et.header))
+}

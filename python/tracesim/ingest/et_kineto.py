@@ -39,15 +39,16 @@ from typing import Any
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 
-from tracesim._core import kineto_innermost
+from tracesim._core import kineto_innermost, read_et_nodes
 from tracesim.exceptions import TraceError
-from tracesim.ingest._common import _counter_lines, _JsonList
-from tracesim.ingest.chakra import ET_ROOTS, RANK_RE, _et_attrs
+from tracesim.ingest._common import _counter_lines, _parse_json
+from tracesim.ingest.chakra import ET_ROOTS, RANK_RE
 from tracesim.ingest.kineto import (
     IngestReport,
     TimeUnit,
-    _args,
+    _codes,
     _counted,
     _File,
     _ingest_kineto,
@@ -139,85 +140,41 @@ def _int_field(v: Any) -> int | None:
     return None
 
 
-def _et_type(t: Any) -> str:
-    """An ET input type (`Tensor(c10::Half)`) as Kineto writes it (`c10::Half`); '' if no tensor."""
-    if isinstance(t, str) and t.startswith("Tensor(") and t.endswith(")"):
-        return t[7:-1]
-    return ""
+# An id as PyTorch writes it in `args`: a JSON integer, or a string holding one.
+INT_TEXT = r'^(-?[0-9]{1,18}|"\s*[+-]?[0-9]{1,18}\s*")$'
 
 
-def _storages(v: Any, into: list[tuple[Any, Any]]) -> None:
-    """The (storage id, device) of every tensor 6-tuple [id, storage, offset, numel, elem, dev] in v."""
-    if type(v) is list:
-        if len(v) == 6 and type(v[5]) is str and type(v[0]) is int and type(v[1]) is int:
-            into.append((v[1], v[5]))
-            return
-        for x in v:
-            if type(x) is list:
-                _storages(x, into)
+def _ids(cpu: pa.RecordBatch, column: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The `args` ids of the Kineto CPU ops (kept by the reader as JSON text in `column`):
+    (values, present, rows whose value is not an integer)."""
+    raw = cpu.column(column)
+    present = pc.is_valid(raw).to_numpy(zero_copy_only=False)
+    ok = pc.fill_null(pc.match_substring_regex(raw, INT_TEXT), False).to_numpy(zero_copy_only=False)
+    text = pc.utf8_trim(pc.utf8_trim(pc.if_else(pa.array(ok), raw, None), '"'), " ")
+    return _ints(pc.cast(text, pa.int64())), present & ok, np.flatnonzero(present & ~ok)
 
 
-@dataclass(slots=True)
-class _Node:
-    nid: int
-    name: str
-    rf: int | None
-    shapes: Any
-    types: Any
-    inputs: Any
-    outputs: Any
+def _not_an_integer(cpu: pa.RecordBatch, row: int, column: str, key: str, path: Path) -> TraceError:
+    cat, name, ts = (cpu.column(c)[row].as_py() for c in ("cat", "name", "ts"))
+    return TraceError(
+        f"{path}: {cat} '{name}' at ts {ts} ns: '{key}' is not an integer: {cpu.column(column)[row].as_py()}"
+    )
 
 
-def _read_et(path: Path) -> tuple[dict[str, Any], list[_Node]]:
-    """The ET's header and its nodes (id, name, rf_id, input shapes/types, inputs, outputs),
-    streamed node by node: only these fields of each are kept."""
-    stream = _JsonList(path, ["nodes"])
-    if stream.key is None:
-        raise TraceError(f"{path}: not a PyTorch execution trace (no 'nodes' list)")
-    nodes: list[_Node] = []
-    seen: set[int] = set()
-    for i, d in enumerate(stream):
-        if not isinstance(d, dict):
-            raise TraceError(f"{path}: nodes[{i}] is not an object")
-        nid = _int_field(d.get("id"))
-        if nid is None:
-            raise TraceError(f"{path}: nodes[{i}]: 'id' is missing or not an integer")
-        if nid in seen:
-            raise TraceError(f"{path}: nodes[{i}]: duplicate node id {nid}")
-        seen.add(nid)
-        name = d.get("name")
-        if not isinstance(name, str):
-            raise TraceError(f"{path}: node {nid}: 'name' is missing or not a string")
-        attrs = _et_attrs(d)
-        rf_raw = attrs.get("rf_id")
-        rf = _int_field(rf_raw)
-        if rf_raw is not None and rf is None:
-            raise TraceError(f"{path}: node {nid} ({name}): 'rf_id' is not an integer: {rf_raw!r}")
-        inp, outp = d.get("inputs"), d.get("outputs")
-        if isinstance(inp, dict):  # schema 1.1: {"values", "shapes", "types"}
-            shapes, types, inp = inp.get("shapes"), inp.get("types"), inp.get("values")
-        else:  # schema 1.0: input_shapes, input_types at the top level
-            shapes, types = d.get("input_shapes"), d.get("input_types")
-        if isinstance(outp, dict):
-            outp = outp.get("values")
-        nodes.append(_Node(nid, name, rf, shapes, types, inp, outp))
-    nodes.sort(key=lambda n: n.nid)
-    return stream.header(), nodes
-
-
-def _kineto_dims(shapes: Any, types: Any) -> tuple[list[Any], list[str]] | None:
-    """ET input shapes and types as Kineto's `Input Dims` / `Input type`; None if unreadable."""
-    if not isinstance(shapes, list) or not isinstance(types, list) or len(shapes) != len(types):
-        return None
-    return list(shapes), [_et_type(t) for t in types]
+def _read_et(path: Path) -> tuple[int | None, pa.RecordBatch]:
+    """The ET's pid and its nodes (`tracesim._core.read_et_nodes`: id, name, rf_id, dims, inputs,
+    outputs), by id."""
+    nodes, header = read_et_nodes(path)
+    pid = next((_parse_json(v, path, k) for k, v in header if k == "pid"), None)
+    return _int_field(pid), nodes.sort_by("id")
 
 
 @dataclass
 class _RankLink:
     et_path: Path
-    nodes: list[_Node] = field(default_factory=list)
-    matched: dict[int, int] = field(default_factory=dict)  # row of the Kineto CPU op → index into nodes
-    events: list[int] = field(default_factory=list)  # rows of the matched Kineto CPU ops, in node order
+    nodes: pa.RecordBatch
+    node_of_row: np.ndarray  # per Kineto CPU op: the ET node matched with it (-1: none)
+    events: np.ndarray  # the matched Kineto CPU ops (rows), in node order
 
 
 class _Pairing:
@@ -261,111 +218,129 @@ class _Pairing:
     def prepare(self, rank: int, f: _File, r: _Rank) -> pa.RecordBatch | None:
         et_path = self.et_of_rank[rank]
         rep = self.report
-        header, nodes = _read_et(et_path)
-        link = _RankLink(et_path, nodes)
-        self.links[rank] = link
-        rep.et_nodes += len(nodes)
+        et_pid, nodes = _read_et(et_path)
+        rep.et_nodes += nodes.num_rows
         cpu = r.cpu_all
         assert cpu is not None
-        names = cpu.column("name").to_pylist()
-        cats = cpu.column("cat").to_pylist()
-        ts = cpu.column("ts").to_pylist()
-        # Of each CPU op's args, only what the pairing reads.
-        wanted: dict[str, list[Any]] = {RF_KEY: [], EXT_KEY: [], "dims": [], CONCRETE: []}
-        for text in cpu.column("args").to_pylist():
-            a = _args(text, f.path)
-            wanted[RF_KEY].append(a.get(RF_KEY))
-            wanted[EXT_KEY].append(a.get(EXT_KEY))
-            wanted["dims"].append("Input Dims" in a or "Input dims" in a)
-            wanted[CONCRETE].append(a.get(CONCRETE))
-        pids = Counter(cpu.column("pid").to_pylist())
-        et_pid = _int_field(header.get("pid"))
-        if et_pid is not None and pids:
-            kpid = pids.most_common(1)[0][0]
+        if et_pid is not None and cpu.num_rows:
+            pid_idx, pid_words = _codes(cpu.column("pid"))
+            kpid = pid_words[int(np.bincount(pid_idx).argmax())]  # the most common (first of ties)
             if _int_field(kpid) is not None and _int_field(kpid) != et_pid:
                 raise TraceError(
                     f"{et_path}: pid {et_pid} is not the pid {kpid} of the CPU ops of {f.path}: "
                     "not traces of the same process"
                 )
-        use_rf = any(_int_field(v) not in (None, 0) for v in wanted[RF_KEY])
-        key = RF_KEY if use_rf else EXT_KEY
+        rf = _ids(cpu, "rf_id")
+        use_rf = bool((rf[1] & (rf[0] != 0)).any())
+        key, column = (RF_KEY, "rf_id") if use_rf else (EXT_KEY, "external_id")
         rep.keys.append(key)
-        by_key: dict[int, int] = {}
-        for row, raw in enumerate(wanted[key]):
-            if raw is None:
-                continue
-            k = _int_field(raw)
-            if k is None:
-                raise TraceError(
-                    f"{f.path}: {cats[row]} '{names[row]}' at ts {ts[row]} ns: "
-                    f"'{key}' is not an integer: {raw!r}"
-                )
-            by_key.setdefault(k, row)
-        found = agree = 0
-        for i, n in enumerate(nodes):
-            kind = _et_kind(n.name)
-            if n.name.startswith(ET_ROOTS):
-                rep.et_unmatched["ET process/thread root (not an operator)"] += 1
-                continue
-            if n.rf is None or n.rf == 0:
-                rep.et_unmatched[f"{kind} (no rf_id)"] += 1
-                continue
-            hit = by_key.get(n.rf)
-            if hit is None:
-                rep.et_unmatched[f"{kind} (rf_id not in the Kineto trace)"] += 1
-                continue
-            found += 1
-            if names[hit] != n.name:
-                rep.et_unmatched[f"{kind} (Kineto op of that id has another name)"] += 1
-                continue
-            agree += 1
-            if hit in link.matched:
-                rep.et_unmatched[f"{kind} (Kineto op already matched)"] += 1
-                continue
-            rep.et_matched[kind] += 1
-            link.matched[hit] = i
-            link.events.append(hit)
-        if agree == 0:
+        ids, present, bad = rf if use_rf else _ids(cpu, column)
+        if len(bad):
+            raise _not_an_integer(cpu, int(bad[0]), column, key, f.path)
+        # The first Kineto op of each id, and the one each ET node's rf_id names (-1: none).
+        rows = np.flatnonzero(present)
+        keys, first = np.unique(ids[rows], return_index=True)
+        first_row = rows[first]
+        node_rf = nodes.column("rf_id")
+        has_rf = pc.fill_null(pc.not_equal(node_rf, 0), False).to_numpy(zero_copy_only=False)
+        rf_val = _ints(node_rf)
+        at = np.searchsorted(keys, rf_val)
+        found = (
+            has_rf & (at < len(keys)) & (keys[np.minimum(at, len(keys) - 1)] == rf_val)
+            if len(keys)
+            else has_rf & False
+        )
+        hit = np.where(found, first_row[np.minimum(at, len(keys) - 1)] if len(keys) else -1, -1)
+        # Names: ET node names as codes of the Kineto names (-1: a name no Kineto op has).
+        cname_idx, cnames = _codes(cpu.column("name"))
+        nname_idx, nnames = _codes(nodes.column("name"))
+        roots = np.array([w.startswith(ET_ROOTS) for w in nnames] + [False], bool)[nname_idx]
+        found &= ~roots
+        code_of = {w: i for i, w in enumerate(cnames)}
+        ncode = np.array([code_of.get(w, -1) for w in nnames] + [-1], np.int64)[nname_idx]
+        agree = found & (cname_idx[np.maximum(hit, 0)] == ncode)
+        first_hit = np.zeros(len(hit), bool)
+        cand = np.flatnonzero(agree)
+        first_hit[cand[np.unique(hit[cand], return_index=True)[1]]] = True
+        n_found, n_agree = int(found.sum()), int(agree.sum())
+        if n_agree == 0:
             raise TraceError(
                 f"{et_path} and {f.path}: no ET operator's rf_id matches a Kineto CPU op's '{key}' "
                 "with the same name: not traces of the same run (or the ET observer was not "
                 "running while the profiler was)"
             )
-        if agree < MIN_NAME_AGREEMENT * found:
+        if n_agree < MIN_NAME_AGREEMENT * n_found:
             raise TraceError(
-                f"{et_path} and {f.path}: only {agree:,} of the {found:,} ET operators whose rf_id is "
+                f"{et_path} and {f.path}: only {n_agree:,} of the {n_found:,} ET operators whose rf_id is "
                 f"a Kineto '{key}' have the same name there: not traces of the same run"
             )
-        for row in range(cpu.num_rows):
-            if row not in link.matched:
-                rep.kineto_unmatched[f"{cats[row]} {_et_kind(names[row])}"] += 1
+        # The report: every ET node as matched or why not (by kind), in node order.
+        kinds = [_et_kind(w) for w in nnames]
+        why = np.select(
+            [roots, ~has_rf, ~found, ~agree, ~first_hit],
+            [0, 1, 2, 3, 4],
+            5,
+        )
+        reasons = [
+            "{} (no rf_id)",
+            "{} (rf_id not in the Kineto trace)",
+            "{} (Kineto op of that id has another name)",
+            "{} (Kineto op already matched)",
+        ]
+        node_kind = [kinds[i] for i in nname_idx.tolist()]
+        unmatched = np.flatnonzero(why < 5)
+        texts = [
+            "ET process/thread root (not an operator)" if w == 0 else reasons[w - 1].format(node_kind[i])
+            for i, w in zip(unmatched.tolist(), why[unmatched].tolist(), strict=True)
+        ]
+        _counted(rep.et_unmatched, unmatched, texts, np.ones(len(unmatched), np.int64))
+        matched = np.flatnonzero(why == 5)
+        _counted(
+            rep.et_matched, matched, [node_kind[i] for i in matched.tolist()], np.ones(len(matched), np.int64)
+        )
+        node_of_row = np.full(cpu.num_rows, -1, np.int64)
+        node_of_row[hit[matched]] = matched
+        self.links[rank] = _RankLink(et_path, nodes, node_of_row, hit[matched])
+        cat_idx, cats = _codes(cpu.column("cat"))
+        lone = np.flatnonzero(node_of_row < 0)
+        label: dict[tuple[int, int], str] = {}
+        texts = [
+            label.get(k) or label.setdefault(k, f"{cats[k[0]]} {_et_kind(cnames[k[1]])}")
+            for k in zip(cat_idx[lone].tolist(), cname_idx[lone].tolist(), strict=True)
+        ]
+        _counted(rep.kineto_unmatched, lone, texts, np.ones(len(lone), np.int64))
+
         # Recorded shapes from the ET where the Kineto trace has none (costs of the kernels).
-        is_op = cpu.column("cpu_op").to_pylist()
-        rows: list[int] = []
-        shapes: list[str] = []
-        for row in link.events:
-            if not is_op[row] or wanted["dims"][row]:
-                continue
-            n = nodes[link.matched[row]]
-            dims = _kineto_dims(n.shapes, n.types)
-            if dims is None:
-                continue
-            fields: dict[str, Any] = {"Input Dims": dims[0], "Input type": dims[1]}
-            if wanted[CONCRETE][row] is not None:
-                fields[CONCRETE] = wanted[CONCRETE][row]
-            rows.append(row)
-            shapes.append(json.dumps(fields))
-            rep.shapes_from_et += 1
-        if not rows:
+        events = hit[matched]
+        need = (
+            cpu.column("cpu_op").to_numpy(zero_copy_only=False)[events]
+            & ~cpu.column("has_dims").to_numpy(zero_copy_only=False)[events]
+        )
+        dims = nodes.column("dims").take(pa.array(matched[need]))
+        have = pc.is_valid(dims).to_numpy(zero_copy_only=False)
+        rows = events[need][have]
+        if not len(rows):
             return None
-        take = pa.array(rows, pa.int64())
+        shapes = dims.filter(pa.array(have))
+        concrete = cpu.column("concrete").take(pa.array(rows))
+        if concrete.null_count < len(concrete):  # the Kineto op's Concrete Inputs, kept beside
+            merged = []
+            for d, c in zip(shapes.to_pylist(), concrete.to_pylist(), strict=True):
+                if c is not None:
+                    fields = json.loads(d)
+                    fields[CONCRETE] = _parse_json(c, f.path, CONCRETE)
+                    d = json.dumps(fields)
+                merged.append(d)
+            shapes = pa.array(merged, pa.string())
+        rep.shapes_from_et += len(rows)
+        take = pa.array(rows)
         return pa.record_batch(
             {
                 "ts": cpu.column("ts").take(take),
                 "end": cpu.column("end").take(take),
                 "thread": cpu.column("thread").take(take),
                 "name": cpu.column("name").take(take).cast(pa.string()),
-                "shapes": pa.array(shapes, pa.string()),
+                "shapes": shapes,
             }
         )
 
@@ -376,23 +351,21 @@ class _Pairing:
         assert cpu is not None
         gpu = r.gpu
         launch = _ints(gpu.column("launch"))
-        # The innermost matched Kineto op enclosing each runtime call, as an index into the ET nodes.
+        # The innermost matched Kineto op enclosing each runtime call, as an ET node.
         events = pa.array(link.events, pa.int64())
         inner_b, _ = kineto_innermost(
             pa.record_batch({"ts": r.runtime.column("ts"), "thread": r.runtime.column("thread")}),
             pa.record_batch({c: cpu.column(c).take(events) for c in ("ts", "end", "thread")}),
         )
-        node_of_event = np.array([link.matched[row] for row in link.events] + [-1], np.int64)
+        node_of_event = np.append(link.node_of_row[link.events], -1)
         node_of_call = node_of_event[_ints(inner_b.column("inner"))]  # -1 → the appended -1
-        node = np.where(launch >= 0, node_of_call[np.maximum(launch, 0)] if len(node_of_call) else -1, -1)
-        reason = np.where(launch < 0, 0, 1)[node < 0]
+        node = np.full(len(launch), -1, np.int64)
+        launched = launch >= 0
+        node[launched] = node_of_call[launch[launched]]
+        without = np.flatnonzero(node < 0)
         why = ["launch not in the trace", "launched outside any CPU op matched in the ET"]
-        _counted(
-            rep.gpu_without_et,
-            np.flatnonzero(node < 0),
-            [why[c] for c in reason.tolist()],
-            np.ones(len(reason), np.int64),
-        )
+        texts = [why[int(x)] for x in launched[without].tolist()]
+        _counted(rep.gpu_without_et, without, texts, np.ones(len(without), np.int64))
         rep.gpu_with_et += int((node >= 0).sum())
         with_node = np.flatnonzero(node >= 0)
         by_node = with_node[np.argsort(node[with_node], kind="stable")]
@@ -400,23 +373,20 @@ class _Pairing:
         kernels: dict[int, list[int]] = {
             int(node[part[0]]): part.tolist() for part in np.split(by_node, bounds) if len(part)
         }
-        # Data flow: the last operator with GPU ops that wrote a storage produces it.
-        producer: dict[tuple[Any, Any], int] = {}
+        # Data flow, over the nodes with GPU ops in id order: the last to write a storage produces it.
+        ins, outs = link.nodes.column("inputs"), link.nodes.column("outputs")
+        in_off, in_val = _ints(ins.offsets), _ints(ins.flatten())
+        out_off, out_val = _ints(outs.offsets), _ints(outs.flatten())
+        producer: dict[int, int] = {}
         pairs: list[tuple[int, int]] = []
-        for i, n in enumerate(link.nodes):
-            if i not in kernels:
-                continue
-            ins: list[tuple[Any, Any]] = []
-            _storages(n.inputs, ins)
+        for i in sorted(kernels):
             seen: set[int] = set()
-            for s in ins:
+            for s in in_val[in_off[i] - in_off[0] : in_off[i + 1] - in_off[0]].tolist():
                 p = producer.get(s)
                 if p is not None and p != i and p not in seen:
                     seen.add(p)
                     pairs.append((p, i))
-            outs: list[tuple[Any, Any]] = []
-            _storages(n.outputs, outs)
-            for s in outs:
+            for s in out_val[out_off[i] - out_off[0] : out_off[i + 1] - out_off[0]].tolist():
                 producer[s] = i
         start = _ints(gpu.column("ts"))
         end = _ints(gpu.column("end"))

@@ -279,7 +279,8 @@ class _Rank:
     streams: int
     comms: pa.RecordBatch  # record_param_comms: ts, end, thread, args
     recorded: pa.RecordBatch  # CPU ops with recorded shapes: ts, end, thread, name, shapes
-    # Every CPU op and annotation, in file order (keep_cpu): ts, end, thread, pid, name, cat, args, cpu_op.
+    # Every CPU op and annotation, in file order (keep_cpu): ts, end, thread, pid, name, cat, cpu_op,
+    # has_dims, and the JSON text of args' rf_id, external_id and concrete (Concrete Inputs).
     cpu_all: pa.RecordBatch | None
 
 
@@ -399,8 +400,11 @@ class _File:
                     "pid": cpu_all.column("pid"),
                     "name": cpu_all.column("name"),
                     "cat": cpu_all.column("cat"),
-                    "args": cpu_all.column("args"),
                     "cpu_op": cpu_all.column("cpu_op"),
+                    "has_dims": cpu_all.column("has_dims"),
+                    "rf_id": cpu_all.column("rf_id"),
+                    "external_id": cpu_all.column("external_id"),
+                    "concrete": cpu_all.column("concrete"),
                 }
             )
         return _Rank(runtime, names, len(pairs), gpu_batch, len(s_names), comms_batch, rec_batch, all_batch)
