@@ -181,9 +181,11 @@ mod tests {
     use arrow_array::Array;
 
     fn read(text: &str) -> Result<EtNodes, String> {
+        static NEXT: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+        let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let dir = std::env::temp_dir().join(format!("tracesim-et-{}", std::process::id()));
         std::fs::create_dir_all(&dir).map_err(|e| e.to_string())?;
-        let path = dir.join(format!("{}.json", text.len()));
+        let path = dir.join(format!("{n}.json"));
         std::fs::write(&path, text).map_err(|e| e.to_string())?;
         let out = read_et_nodes(&path);
         let _ = std::fs::remove_file(&path);
