@@ -639,4 +639,64 @@ mod tests {
         assert_eq!(inner, vec![1, 0, -1]);
         assert_eq!(parent, vec![-1, 0]);
     }
+
+    use proptest::prelude::*;
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(300))]
+
+        /// Any events (times in any order, launches anywhere): ops are made, deps name ops, and
+        /// each runtime thread's host ops follow one another without overlap.
+        #[test]
+        fn host_streams_are_sequential(
+            calls in proptest::collection::vec((0i64..500, 0i64..100, 0i64..2, 0i64..3), 0..12),
+            kernels in proptest::collection::vec((0i64..600, 0i64..100, 0i64..2, -1i64..12, any::<bool>()), 0..12),
+        ) {
+            let names = names(&["cudaLaunchKernel", "cudaStreamSynchronize", "cudaGraphLaunch"]);
+            let rt_ts: Vec<i64> = calls.iter().map(|c| c.0).collect();
+            let rt_end: Vec<i64> = calls.iter().map(|c| c.0 + c.1).collect();
+            let rt_thread: Vec<i64> = calls.iter().map(|c| c.2).collect();
+            let rt_name: Vec<i64> = calls.iter().map(|c| c.3).collect();
+            let n_rt = calls.len() as i64;
+            let gpu_ts: Vec<i64> = kernels.iter().map(|k| k.0).collect();
+            let gpu_end: Vec<i64> = kernels.iter().map(|k| k.0 + k.1).collect();
+            let gpu_stream: Vec<i64> = kernels.iter().map(|k| k.2).collect();
+            let gpu_launch: Vec<i64> = kernels.iter().map(|k| if k.3 < n_rt { k.3 } else { -1 }).collect();
+            let gpu_nccl: Vec<bool> = kernels.iter().map(|k| k.4).collect();
+            let ev = RankEvents {
+                base: 0,
+                runtime: Intervals { ts: &rt_ts, end: &rt_end, thread: &rt_thread },
+                runtime_name: &rt_name,
+                names: &names,
+                threads: 2,
+                gpu_ts: &gpu_ts,
+                gpu_end: &gpu_end,
+                gpu_stream: &gpu_stream,
+                gpu_launch: &gpu_launch,
+                gpu_nccl: &gpu_nccl,
+                streams: 2,
+                steps: &[(0, 300, 1), (300, 700, 2)],
+                comms: Intervals { ts: &[0], end: &[50], thread: &[0] },
+                extra_deps: &[],
+            };
+            let out = map_rank(&ev).map_err(TestCaseError::fail)?;
+            let n = out.start.len() as i64;
+            let g = kernels.len();
+            for deps in &out.gpu_deps {
+                prop_assert!(deps.iter().all(|&d| (0..n).contains(&d)));
+            }
+            prop_assert!(out.host_dep.iter().all(|&d| (-1..n).contains(&d)));
+            prop_assert!(out.dur.iter().all(|&d| d >= 0));
+            for thread in 0..2 {
+                let stream = ev.streams + thread;
+                let mut last_end = ev.base;
+                for k in g..out.start.len() {
+                    if out.stream[k] == stream {
+                        prop_assert!(out.start[k] >= last_end, "op {} starts before {}", k, last_end);
+                        last_end = out.start[k] + out.dur[k];
+                    }
+                }
+            }
+        }
+    }
 }
