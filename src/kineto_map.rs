@@ -14,6 +14,9 @@ pub const STREAM_WAIT_SLACK_NS: i64 = 1_000;
 /// How far back a cross-stream wait is looked for.
 pub const STREAM_WAIT_WINDOW_NS: i64 = 20_000;
 
+/// Times (ns) lie in `[-TIME_BOUND, TIME_BOUND)`, so that no difference of two overflows.
+pub const TIME_BOUND: i64 = 1 << 62;
+
 /// Calls that block the host until the GPU has finished earlier work, besides `*Synchronize*`.
 const BLOCKING_CALLS: [&str; 4] = ["cudaMemcpy", "cudaMemcpy2D", "hipMemcpy", "hipMemcpy2D"];
 
@@ -143,6 +146,22 @@ fn check(ev: &RankEvents<'_>) -> Result<(), String> {
         && ev.comms.thread.len() == ev.comms.ts.len();
     if !lens_ok {
         return Err("kineto mapping: columns of unequal length".to_owned());
+    }
+    if ev.threads < 0 || ev.threads as usize > n_rt || ev.streams < 0 {
+        return Err("kineto mapping: thread or stream count out of range".to_owned());
+    }
+    let times = [
+        ev.runtime.ts,
+        ev.runtime.end,
+        ev.gpu_ts,
+        ev.gpu_end,
+        ev.comms.ts,
+        ev.comms.end,
+    ];
+    let bounded = |t: &i64| (-TIME_BOUND..TIME_BOUND).contains(t);
+    let steps_bounded = ev.steps.iter().all(|s| bounded(&s.0) && bounded(&s.1));
+    if !times.iter().all(|v| v.iter().all(bounded)) || !steps_bounded || !bounded(&ev.base) {
+        return Err("kineto mapping: a time beyond ±2^62 ns".to_owned());
     }
     if ev.runtime.thread.iter().any(|&t| t < 0 || t >= ev.threads) {
         return Err("kineto mapping: a runtime call's thread is out of range".to_owned());
@@ -427,8 +446,8 @@ pub fn map_rank(ev: &RankEvents<'_>) -> Result<RankOps, String> {
 /// Kineto does not record which event a `cudaStreamWaitEvent` waits for, so a GPU op that starts
 /// more than STREAM_WAIT_SLACK_NS after both its deps and the previous op of its stream ended is
 /// made to depend on the op of another stream of the rank that ended last before it started, if
-/// that was within STREAM_WAIT_WINDOW_NS. Deps always point to an op that ended before this one
-/// started, so they cannot make a cycle. `order`: the GPU ops by start (then key).
+/// that was within STREAM_WAIT_WINDOW_NS. Deps always point to an op that started before this one
+/// and ended by its start, so they cannot make a cycle. `order`: the GPU ops by start (then key).
 fn infer_stream_waits(ops: &mut RankOps, order: &[usize]) -> u64 {
     let g = ops.gpu_deps.len();
     let mut by_end: Vec<usize> = (0..g).collect();
@@ -452,7 +471,7 @@ fn infer_stream_waits(ops: &mut RankOps, order: &[usize]) -> u64 {
         while k > 0 && ends[k - 1] >= floor {
             k -= 1;
             let other = by_end[k];
-            if ops.stream[other] != stream {
+            if ops.stream[other] != stream && ops.start[other] < start {
                 ops.gpu_deps[j].push(other as i64);
                 added += 1;
                 break;
@@ -598,6 +617,40 @@ mod tests {
     }
 
     #[test]
+    fn no_cross_stream_wait_between_ops_starting_together() {
+        // Two empty kernels on two streams at 100, both launched long before: neither waited for
+        // the other (each picking the other would be a cycle).
+        let names = names(&["cudaLaunchKernel"]);
+        let ev = RankEvents {
+            base: 0,
+            runtime: Intervals {
+                ts: &[0, 10],
+                end: &[5, 15],
+                thread: &[0, 0],
+            },
+            runtime_name: &[0, 0],
+            names: &names,
+            threads: 1,
+            gpu_ts: &[100_000, 100_000],
+            gpu_end: &[100_000, 100_000],
+            gpu_stream: &[0, 1],
+            gpu_launch: &[0, 1],
+            gpu_nccl: &[false, false],
+            streams: 2,
+            steps: &[],
+            comms: Intervals {
+                ts: &[],
+                end: &[],
+                thread: &[],
+            },
+            extra_deps: &[],
+        };
+        let out = map_rank(&ev).expect("maps");
+        assert_eq!(out.counts.inferred_stream_deps, 0);
+        assert!(out.gpu_deps.iter().all(|d| d.iter().all(|&k| k >= 2)));
+    }
+
+    #[test]
     fn inconsistent_columns_are_an_error() {
         let names = names(&["x"]);
         let ev = RankEvents {
@@ -655,7 +708,8 @@ mod tests {
             let names = names(&["cudaLaunchKernel", "cudaStreamSynchronize", "cudaGraphLaunch"]);
             let rt_ts: Vec<i64> = calls.iter().map(|c| c.0).collect();
             let rt_end: Vec<i64> = calls.iter().map(|c| c.0 + c.1).collect();
-            let rt_thread: Vec<i64> = calls.iter().map(|c| c.2).collect();
+            let threads = calls.len().min(2) as i64; // at most one thread per call
+            let rt_thread: Vec<i64> = calls.iter().map(|c| c.2 % threads.max(1)).collect();
             let rt_name: Vec<i64> = calls.iter().map(|c| c.3).collect();
             let n_rt = calls.len() as i64;
             let gpu_ts: Vec<i64> = kernels.iter().map(|k| k.0).collect();
@@ -668,7 +722,7 @@ mod tests {
                 runtime: Intervals { ts: &rt_ts, end: &rt_end, thread: &rt_thread },
                 runtime_name: &rt_name,
                 names: &names,
-                threads: 2,
+                threads,
                 gpu_ts: &gpu_ts,
                 gpu_end: &gpu_end,
                 gpu_stream: &gpu_stream,
@@ -687,7 +741,7 @@ mod tests {
             }
             prop_assert!(out.host_dep.iter().all(|&d| (-1..n).contains(&d)));
             prop_assert!(out.dur.iter().all(|&d| d >= 0));
-            for thread in 0..2 {
+            for thread in 0..threads {
                 let stream = ev.streams + thread;
                 let mut last_end = ev.base;
                 for k in g..out.start.len() {

@@ -203,7 +203,7 @@ pub fn map_kineto_rank<'py>(
         comms: intervals(&comms, "thread")?,
         extra_deps: &extra,
     };
-    let out = py.detach(|| map_rank(&ev)).map_err(PyValueError::new_err)?;
+    let mut out = py.detach(|| map_rank(&ev)).map_err(PyValueError::new_err)?;
     let g = out.gpu_deps.len();
     let n = out.start.len();
     let mut deps = LargeListBuilder::new(Int64Builder::new());
@@ -218,10 +218,12 @@ pub fn map_kineto_rank<'py>(
     let gpu_only = |v: &dyn Fn(usize) -> Option<i64>| -> ArrayRef {
         Arc::new((0..n).map(|j| if j < g { v(j) } else { None }).collect::<Int64Array>())
     };
+    let iteration = gpu_only(&|j| out.iteration[j]);
+    let comms = gpu_only(&|j| (out.comms[j] >= 0).then_some(out.comms[j]));
     let batch = batch_of(vec![
-        ("start", Arc::new(Int64Array::from(out.start.clone()))),
-        ("dur", Arc::new(Int64Array::from(out.dur.clone()))),
-        ("stream", Arc::new(Int64Array::from(out.stream.clone()))),
+        ("start", Arc::new(Int64Array::from(std::mem::take(&mut out.start)))),
+        ("dur", Arc::new(Int64Array::from(std::mem::take(&mut out.dur)))),
+        ("stream", Arc::new(Int64Array::from(std::mem::take(&mut out.stream)))),
         (
             "name",
             Arc::new(
@@ -231,8 +233,8 @@ pub fn map_kineto_rank<'py>(
             ),
         ),
         ("deps", Arc::new(deps.finish())),
-        ("iteration", gpu_only(&|j| out.iteration[j])),
-        ("comms", gpu_only(&|j| (out.comms[j] >= 0).then_some(out.comms[j]))),
+        ("iteration", iteration),
+        ("comms", comms),
     ])?;
     let c = out.counts;
     let counts = vec![

@@ -300,6 +300,30 @@ def test_bad_input(tmp_path: Path) -> None:
             ingest_pytorch_et_kineto([path], [k0])
         assert msg in str(e.value), str(e.value)
         assert path.name in str(e.value)
+    # a Kineto trace without CPU ops: nothing to pair with
+    no_cpu = [e for e in kineto_events() if e.get("cat") not in ("cpu_op", "user_annotation")]
+    k_no_cpu = tmp_path / "no_cpu.json"
+    k_no_cpu.write_text(json.dumps({"traceEvents": no_cpu}))
+    with pytest.raises(TraceError, match=r"no_cpu.json: no ET operator's rf_id matches a Kineto CPU op"):
+        ingest_pytorch_et_kineto([et0], [k_no_cpu])
+    # ids written as strings ("+11", " 12 ") are ids; one beyond int64 is not
+    events = kineto_events()
+    for e in events:
+        rf = e.get("args", {}).get("Record function id")
+        if rf:
+            e["args"]["Record function id"] = f" +{rf} " if rf % 2 else str(rf)
+    k_str = tmp_path / "str_rf.json"
+    k_str.write_text(json.dumps({"traceEvents": events}))
+    _, rep = ingest_pytorch_et_kineto([et0], [k_str])
+    _, rep0 = ingest_pytorch_et_kineto([et0], [k0])
+    assert rep.et_matched == rep0.et_matched and sum(rep.et_matched.values()) > 0
+    events[2]["args"]["Record function id"] = 2**63
+    k_big = tmp_path / "big_rf.json"
+    k_big.write_text(json.dumps({"traceEvents": events}))
+    with pytest.raises(
+        TraceError, match=r"big_rf.json: .*'Record function id' is not an integer: 9223372036854775808"
+    ):
+        ingest_pytorch_et_kineto([et0], [k_big])
     # a Kineto op whose record-function id is not a number
     events = kineto_events()
     events[2]["args"]["Record function id"] = "eleven"

@@ -268,6 +268,48 @@ def test_profiler_step_number_out_of_range(tmp_path: Path, n: int) -> None:
     assert report.iterations == [2**32 - 1]
 
 
+@pytest.mark.parametrize(
+    "event",
+    [
+        _x("kernel", "k", 1.7e15, 8e15, 7, stream=7),  # ts + dur beyond int64 ns
+        _x("cuda_runtime", "cudaLaunchKernel", -5e15, 5, 100),  # 2^62 ns before 0
+        _x("user_annotation", "ProfilerStep#1", 9e15, 1e15, 100),
+    ],
+)
+def test_times_beyond_range(tmp_path: Path, event: dict[str, Any]) -> None:
+    """Times whose differences could pass int64 are an error naming the file and the event."""
+    events = [*_rank_events(0)[4:6], event]
+    path = _file(tmp_path, "far.json", _trace_bytes(events=events))
+    err = _error(path)
+    assert err.startswith(f"{path}: ") and "its times are beyond ±2^62 ns" in err, err
+    assert f"'{event['name']}'" in err
+
+
+def test_empty_kernels_starting_together_wait_for_nothing(tmp_path: Path) -> None:
+    """Two empty kernels on two streams, both starting late at the same instant: no cross-stream
+    wait is inferred between them (each on the other would be a cycle)."""
+    events = [
+        _x("cuda_runtime", "cudaLaunchKernel", 0, 5, 100, correlation=1),
+        _x("cuda_runtime", "cudaLaunchKernel", 10, 5, 100, correlation=2),
+        _x("kernel", "a", 100, 0, 7, stream=7, correlation=1),
+        _x("kernel", "b", 100, 0, 8, stream=8, correlation=2),
+    ]
+    trace, report = ingest_kineto([_file(tmp_path, "zero.json", _trace_bytes(events=events))])
+    assert report.inferred_stream_deps == 0
+    assert trace.num_ops == 2 + 3  # the kernels; launch, cpu_gap, launch
+
+
+def test_thread_ids_of_many_digits(tmp_path: Path) -> None:
+    """Thread ids too long for int() are ordered as strings, not an error."""
+    events = [
+        _x("cuda_runtime", "cudaLaunchKernel", 10, 5, 424242, correlation=1),
+        _x("kernel", "k", 20, 5, 7, stream=7, correlation=1),
+    ]
+    text = _trace_bytes(events=events).replace(b"424242", b"9" * 5000)
+    _, report = ingest_kineto([_file(tmp_path, "long_tid.json", text)])
+    assert report.launch_deps == 1
+
+
 def test_collective_size_out_of_range(tmp_path: Path) -> None:
     meta = {
         "Collective name": "allreduce",

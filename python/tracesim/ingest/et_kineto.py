@@ -140,18 +140,28 @@ def _int_field(v: Any) -> int | None:
     return None
 
 
-# An id as PyTorch writes it in `args`: a JSON integer, or a string holding one.
-INT_TEXT = r'^(-?[0-9]{1,18}|"\s*[+-]?[0-9]{1,18}\s*")$'
+# An id as PyTorch writes it in `args`: a JSON integer, or a string holding one (its digits: `n`).
+INT_TEXT = r'^(?:(?P<n>-?[0-9]{1,19})|"\s*(?P<q>[+-]?[0-9]{1,19})\s*")$'
 
 
 def _ids(cpu: pa.RecordBatch, column: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """The `args` ids of the Kineto CPU ops (kept by the reader as JSON text in `column`):
-    (values, present, rows whose value is not an integer)."""
+    (values, present, rows whose value is not an integer of int64)."""
     raw = cpu.column(column)
     present = pc.is_valid(raw).to_numpy(zero_copy_only=False)
-    ok = pc.fill_null(pc.match_substring_regex(raw, INT_TEXT), False).to_numpy(zero_copy_only=False)
-    text = pc.utf8_trim(pc.utf8_trim(pc.if_else(pa.array(ok), raw, None), '"'), " ")
-    return _ints(pc.cast(text, pa.int64())), present & ok, np.flatnonzero(present & ~ok)
+    ok = pc.fill_null(pc.match_substring_regex(raw, INT_TEXT), False)
+    parts = pc.extract_regex(pc.if_else(ok, raw, None), INT_TEXT)
+    digits = pc.replace_substring_regex(
+        pc.binary_join_element_wise(parts.field("n"), parts.field("q"), ""), r"^\+", ""
+    )
+    try:
+        values = pc.cast(digits, pa.int64())
+    except pa.ArrowInvalid:  # 19 digits beyond int64: those rows are not ids
+        fits = [not d or -(2**63) <= int(d) < 2**63 for d in digits.to_pylist()]
+        ok = pc.and_(ok, pa.array(fits))
+        values = pc.cast(pc.if_else(ok, digits, None), pa.int64())
+    good = ok.to_numpy(zero_copy_only=False)
+    return _ints(values), present & good, np.flatnonzero(present & ~good)
 
 
 def _not_an_integer(cpu: pa.RecordBatch, row: int, column: str, key: str, path: Path) -> TraceError:
@@ -258,7 +268,8 @@ class _Pairing:
         found &= ~roots
         code_of = {w: i for i, w in enumerate(cnames)}
         ncode = np.array([code_of.get(w, -1) for w in nnames] + [-1], np.int64)[nname_idx]
-        agree = found & (cname_idx[np.maximum(hit, 0)] == ncode)
+        agree = found.copy()
+        agree[found] = cname_idx[hit[found]] == ncode[found]
         first_hit = np.zeros(len(hit), bool)
         cand = np.flatnonzero(agree)
         first_hit[cand[np.unique(hit[cand], return_index=True)[1]]] = True
@@ -275,40 +286,35 @@ class _Pairing:
                 f"a Kineto '{key}' have the same name there: not traces of the same run"
             )
         # The report: every ET node as matched or why not (by kind), in node order.
-        kinds = [_et_kind(w) for w in nnames]
-        why = np.select(
-            [roots, ~has_rf, ~found, ~agree, ~first_hit],
-            [0, 1, 2, 3, 4],
-            5,
-        )
+        kinds = sorted({_et_kind(w) for w in nnames})
+        kind_of_name = np.array([kinds.index(_et_kind(w)) for w in nnames] + [0], np.int64)
+        kind = kind_of_name[nname_idx]
+        why = np.select([roots, ~has_rf, ~found, ~agree, ~first_hit], [0, 1, 2, 3, 4], 5)
         reasons = [
             "{} (no rf_id)",
             "{} (rf_id not in the Kineto trace)",
             "{} (Kineto op of that id has another name)",
             "{} (Kineto op already matched)",
         ]
-        node_kind = [kinds[i] for i in nname_idx.tolist()]
+        # Unmatched: code = reason × kinds + kind (roots: one text whatever their kind).
+        words = ["ET process/thread root (not an operator)"] * len(kinds)
+        words += [r.format(k) for r in reasons for k in kinds]
         unmatched = np.flatnonzero(why < 5)
-        texts = [
-            "ET process/thread root (not an operator)" if w == 0 else reasons[w - 1].format(node_kind[i])
-            for i, w in zip(unmatched.tolist(), why[unmatched].tolist(), strict=True)
-        ]
-        _counted(rep.et_unmatched, unmatched, texts, np.ones(len(unmatched), np.int64))
+        _counted(rep.et_unmatched, words, why[unmatched] * len(kinds) + kind[unmatched], unmatched)
         matched = np.flatnonzero(why == 5)
-        _counted(
-            rep.et_matched, matched, [node_kind[i] for i in matched.tolist()], np.ones(len(matched), np.int64)
-        )
+        _counted(rep.et_matched, kinds, kind[matched], matched)
         node_of_row = np.full(cpu.num_rows, -1, np.int64)
         node_of_row[hit[matched]] = matched
         self.links[rank] = _RankLink(et_path, nodes, node_of_row, hit[matched])
+        # Kineto CPU ops not matched, by category and kind.
         cat_idx, cats = _codes(cpu.column("cat"))
         lone = np.flatnonzero(node_of_row < 0)
-        label: dict[tuple[int, int], str] = {}
-        texts = [
-            label.get(k) or label.setdefault(k, f"{cats[k[0]]} {_et_kind(cnames[k[1]])}")
-            for k in zip(cat_idx[lone].tolist(), cname_idx[lone].tolist(), strict=True)
+        pairs, pair_of = np.unique(cat_idx[lone] * max(len(cnames), 1) + cname_idx[lone], return_inverse=True)
+        labels = [
+            f"{cats[p // max(len(cnames), 1)]} {_et_kind(cnames[p % max(len(cnames), 1)])}"
+            for p in pairs.tolist()
         ]
-        _counted(rep.kineto_unmatched, lone, texts, np.ones(len(lone), np.int64))
+        _counted(rep.kineto_unmatched, labels, pair_of.reshape(-1), lone)
 
         # Recorded shapes from the ET where the Kineto trace has none (costs of the kernels).
         events = hit[matched]
@@ -364,8 +370,7 @@ class _Pairing:
         node[launched] = node_of_call[launch[launched]]
         without = np.flatnonzero(node < 0)
         why = ["launch not in the trace", "launched outside any CPU op matched in the ET"]
-        texts = [why[int(x)] for x in launched[without].tolist()]
-        _counted(rep.gpu_without_et, without, texts, np.ones(len(without), np.int64))
+        _counted(rep.gpu_without_et, why, launched[without].astype(np.int64), without)
         rep.gpu_with_et += int((node >= 0).sum())
         with_node = np.flatnonzero(node >= 0)
         by_node = with_node[np.argsort(node[with_node], kind="stable")]
@@ -388,19 +393,28 @@ class _Pairing:
                     pairs.append((p, i))
             for s in out_val[out_off[i] - out_off[0] : out_off[i + 1] - out_off[0]].tolist():
                 producer[s] = i
-        start = _ints(gpu.column("ts"))
-        end = _ints(gpu.column("end"))
-        stream = _ints(gpu.column("stream"))
+        start = _ints(gpu.column("ts")).tolist()
+        end = _ints(gpu.column("end")).tolist()
+        stream = _ints(gpu.column("stream")).tolist()
+        last: dict[int, int] = {}  # node → its GPU op that ends last
+        firsts: dict[int, list[int]] = {}  # node → its first GPU op on each stream
+
+        def first_per_stream(node: int) -> list[int]:
+            by_stream: dict[int, int] = {}
+            for j in kernels[node]:
+                if stream[j] not in by_stream or start[j] < start[by_stream[stream[j]]]:
+                    by_stream[stream[j]] = j
+            return list(by_stream.values())
+
         deps: list[tuple[int, int]] = []
         added: set[tuple[int, int]] = set()
         for p, c in pairs:
-            src = max(kernels[p], key=lambda j: (end[j], j))
-            firsts: dict[int, int] = {}
-            for j in kernels[c]:
-                sj = int(stream[j])
-                if sj not in firsts or start[j] < start[firsts[sj]]:
-                    firsts[sj] = j
-            for j in firsts.values():
+            if p not in last:
+                last[p] = max(kernels[p], key=lambda j: (end[j], j))
+            src = last[p]
+            if c not in firsts:
+                firsts[c] = first_per_stream(c)
+            for j in firsts[c]:
                 if stream[j] == stream[src]:
                     rep.data_deps_same_stream += 1
                 elif end[src] <= start[j] and (start[src], stream[src]) < (start[j], stream[j]):

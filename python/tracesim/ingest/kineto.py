@@ -234,10 +234,38 @@ def _ints(col: pa.Array | pa.ChunkedArray, null: int = 0) -> np.ndarray:
     return values.astype(np.int64)
 
 
+# Times (ns) must lie in [-TIME_BOUND, TIME_BOUND): then every difference of two fits in int64.
+TIME_BOUND = 2**62
+
+
+def _check_times(path: Path, cls: str, batch: pa.RecordBatch) -> None:
+    """A TraceError unless every event's start and end (ts + dur) lie within ±TIME_BOUND ns."""
+    if not batch.num_rows:
+        return
+    ts, dur = batch.column("ts"), batch.column("dur")
+    # Each below 2^62 in size, so their sum (wrapping addition) is exact.
+    ok = pc.and_(
+        pc.and_(pc.greater_equal(ts, -TIME_BOUND), pc.less(ts, TIME_BOUND)), pc.less(dur, TIME_BOUND)
+    )
+    ok = pc.fill_null(pc.and_(ok, pc.less(pc.add(ts, dur), TIME_BOUND)), False)
+    if pc.all(ok).as_py():
+        return
+    row = pc.index(ok, False).as_py()
+    if "name" in batch.schema.names:
+        name = f" '{batch.column('name')[row].as_py()}'"
+    else:  # steps
+        name = f" 'ProfilerStep#{batch.column('step_n')[row].as_py()}'"
+    raise TraceError(
+        f"{path}: {cls} event{name} at ts {ts[row].as_py()} ns, dur {dur[row].as_py()} ns: "
+        "its times are beyond ±2^62 ns (146 years from 0)"
+    )
+
+
 def _natural(s: str) -> tuple[int, int | str]:
     """Numbers (an optional minus, ASCII digits) in numeric order, before other strings."""
     digits = s[1:] if s.startswith("-") else s
-    return (0, int(s)) if digits.isascii() and digits.isdigit() else (1, s)
+    number = digits.isascii() and digits.isdigit() and len(digits) <= 4000  # int()'s limit is 4300
+    return (0, int(s)) if number else (1, s)
 
 
 # Files read at once: more cores speed up the reading of a job's ranks, but each reader holds its
@@ -312,6 +340,8 @@ class _File:
         self.unmapped: Counter[str] = Counter(dict(unmapped))
         self.keep_cpu = keep_cpu
         self._parts = parts  # the mapped classes, as Arrow columns, until `load`
+        for c, batch in parts.items():
+            _check_times(path, c, batch)
         starts = [pc.min(parts[c].column("ts")).as_py() for c in ("gpu", "runtime") if parts[c].num_rows]
         self.first_ts: int | None = min(starts) if starts else None  # of its GPU ops and runtime calls
         self.steps: list[tuple[int, int, int]] = []  # (start, end, N), sorted
@@ -1310,16 +1340,28 @@ class _GpuCosts:
 MAX_COST = 2**63 - 1
 
 
-def _counted(counter: Counter[str], order: np.ndarray, keys: list[str], counts: np.ndarray) -> None:
-    """Adds counts[i] to counter[keys[i]], keys in the order of `order` (the first op each was
-    seen at), so that the report lists ties as they were met; keys with a count of 0 are listed."""
-    total: dict[str, int] = {}
-    first: dict[str, int] = {}
-    for o, k, c in zip(order.tolist(), keys, counts.tolist(), strict=True):
-        total[k] = total.get(k, 0) + int(c)
-        first[k] = min(first.get(k, o), o)
-    for k in sorted(total, key=first.__getitem__):
-        counter[k] += total[k]
+def _counted(
+    counter: Counter[str],
+    words: Sequence[str],
+    codes: np.ndarray,
+    order: np.ndarray,
+    counts: np.ndarray | None = None,
+) -> None:
+    """Adds counts[i] (default 1) to counter[words[codes[i]]], words in the order of the least
+    `order` of their rows (the first op each was seen at), so that the report lists ties as they
+    were met; a word with a count of 0 is listed too."""
+    if not len(codes):
+        return
+    if counts is None:
+        counts = np.ones(len(codes), np.int64)
+    uniq, inv = np.unique(codes, return_inverse=True)
+    inv = inv.reshape(-1)
+    total = np.zeros(len(uniq), np.int64)
+    np.add.at(total, inv, counts)
+    first = np.full(len(uniq), np.iinfo(np.int64).max)
+    np.minimum.at(first, inv, order)
+    for i in np.argsort(first, kind="stable").tolist():
+        counter[words[int(uniq[i])]] += int(total[i])
 
 
 def _assign_costs(
@@ -1388,9 +1430,7 @@ def _assign_costs(
         cpu = np.full(g, -1, np.int64)
     why(kernel & (launch >= 0) & (cpu < 0), "no enclosing CPU op with recorded shapes")
     found = np.flatnonzero(reason >= 0)
-    _counted(
-        report.uncosted, found, [reasons[c] for c in reason[found].tolist()], np.ones(len(found), np.int64)
-    )
+    _counted(report.uncosted, reasons, reason[found], found)
 
     js = np.flatnonzero(kernel & (cpu >= 0))
     if len(js) == 0:
@@ -1479,21 +1519,15 @@ def _assign_costs(
     # The report: groups without cost (by reason and by CPU op), extra kernels of heavy ops.
     failed = np.flatnonzero(~k_ok[gkey])
     heavy_groups = np.flatnonzero(on_heavy)
-    firsts = np.concatenate([first[failed], first[heavy_groups]])
-    texts = [k_why[k] for k in gkey[failed].tolist()]
-    texts += ["extra kernel of a GEMM/conv/attention op (cost on its main kernel)"] * len(heavy_groups)
+    extra = len(k_why)  # the code of extra kernels, after the keys' reasons
     _counted(
         report.uncosted,
-        firsts,
-        texts,
+        [*k_why, "extra kernel of a GEMM/conv/attention op (cost on its main kernel)"],
+        np.concatenate([gkey[failed], np.full(len(heavy_groups), extra)]),
+        np.concatenate([first[failed], first[heavy_groups]]),
         np.concatenate([size[failed], size[heavy_groups] - n_heavy[heavy_groups]]),
     )
-    _counted(
-        report.uncosted_ops,
-        first[failed],
-        [rnames[rname_idx[rows[gi]]] for gi in failed.tolist()],
-        size[failed],
-    )
+    _counted(report.uncosted_ops, rnames, rname_idx[rows[failed]], first[failed], size[failed])
     report.split_kernels += int(n_target[n_target > 1].sum())
     report.costed += int(target.sum())
 
@@ -1517,7 +1551,11 @@ def _assign_costs(
 
 
 def _plain_strings(schema: pa.Schema) -> pa.Schema:
-    return pa.schema([(f.name, pa.string() if pa.types.is_dictionary(f.type) else f.type) for f in schema])
+    """`schema` with its string and dictionary columns as large strings (no 2 GiB limit)."""
+    plain = [pa.types.is_dictionary(f.type) or pa.types.is_string(f.type) for f in schema]
+    return pa.schema(
+        [(f.name, pa.large_string() if p else f.type) for f, p in zip(schema, plain, strict=True)]
+    )
 
 
 def _conv_kind(name: str) -> int:
