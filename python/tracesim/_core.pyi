@@ -10,6 +10,7 @@ __all__ = [
     "TraceError",
     "TracesimError",
     "__version__",
+    "decode_chakra",
     "kineto_innermost",
     "map_kineto_rank",
     "op_times",
@@ -53,6 +54,7 @@ def map_kineto_rank(
     extra_deps: pa.RecordBatch,
     base: int,
 ) -> tuple[pa.RecordBatch, list[tuple[str, int]]]: ...
+def decode_chakra(data: bytes, path: str) -> tuple[list[tuple[str, Any]], list[tuple[Any, ...]]]: ...
 def read_et_nodes(path: str | os.PathLike[str]) -> tuple[pa.RecordBatch, list[tuple[str, str]]]: ...
 def kineto_innermost(
     calls: pa.RecordBatch, events: pa.RecordBatch

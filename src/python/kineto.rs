@@ -284,3 +284,61 @@ pub fn read_et_nodes(py: Python<'_>, path: PathBuf) -> PyResult<EtNodes<'_>> {
         .map_err(TraceError::new_err)?;
     Ok((PyRecordBatch::new(et.nodes).into_pyarrow(py)?, et.header))
 }
+
+/// An attribute value of a Chakra node as a Python value (None: a type unknown for its field).
+fn attr_value<'py>(py: Python<'py>, v: &crate::chakra_pb::AttrValue) -> PyResult<Bound<'py, PyAny>> {
+    use crate::chakra_pb::AttrValue;
+    Ok(match v {
+        AttrValue::Float(f) => f.into_pyobject(py)?.into_any(),
+        AttrValue::Int(i) => i.into_pyobject(py)?.into_any(),
+        AttrValue::Bool(b) => b.into_pyobject(py)?.to_owned().into_any(),
+        AttrValue::Str(s) => PyString::new(py, s).into_any(),
+        AttrValue::Bytes(b) => pyo3::types::PyBytes::new(py, b).into_any(),
+        AttrValue::List(items) => {
+            let items = items.iter().map(|x| attr_value(py, x)).collect::<PyResult<Vec<_>>>()?;
+            pyo3::types::PyList::new(py, items)?.into_any()
+        }
+        AttrValue::Unknown => py.None().into_bound(py),
+    })
+}
+
+fn attrs<'py>(py: Python<'py>, attrs: &[(String, crate::chakra_pb::AttrValue)]) -> PyResult<Bound<'py, PyAny>> {
+    let pairs = attrs
+        .iter()
+        .map(|(k, v)| Ok((k.as_str(), attr_value(py, v)?)))
+        .collect::<PyResult<Vec<_>>>()?;
+    Ok(pyo3::types::PyList::new(py, pairs)?.into_any())
+}
+
+/// (metadata, nodes) as Python lists.
+type ChakraNodes<'py> = (Bound<'py, PyAny>, Bound<'py, PyAny>);
+
+/// Decodes a Chakra protobuf file's bytes (`crate::chakra_pb`): ([(metadata attribute, value)],
+/// [(id, name, node type or None, ctrl deps, data deps, start µs, duration µs, inputs,
+/// [(attribute, value)])]); a malformed file raises TraceError naming `path` and the byte offset.
+#[pyfunction]
+pub fn decode_chakra<'py>(py: Python<'py>, data: &[u8], path: &str) -> PyResult<ChakraNodes<'py>> {
+    let (meta, nodes) = py
+        .detach(|| crate::chakra_pb::decode(data))
+        .map_err(|(at, what)| match at {
+            Some(at) => TraceError::new_err(format!("{path}: byte offset {at}: {what}")),
+            None => TraceError::new_err(format!("{path}: {what}")),
+        })?;
+    let meta = attrs(py, &meta)?;
+    let mut out = Vec::with_capacity(nodes.len());
+    for n in &nodes {
+        let item = (
+            n.id,
+            n.name.as_str(),
+            n.node_type,
+            n.ctrl_deps.clone(),
+            n.data_deps.clone(),
+            n.start_us,
+            n.dur_us,
+            n.inputs.as_str(),
+            attrs(py, &n.attrs)?,
+        );
+        out.push(item.into_pyobject(py)?.into_any());
+    }
+    Ok((meta, pyo3::types::PyList::new(py, out)?.into_any()))
+}

@@ -8,12 +8,15 @@ from __future__ import annotations
 import gzip
 import json
 import tarfile
+import tempfile
 from collections import Counter
 from pathlib import Path
 from typing import Any
 
 import polars as pl
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 import tracesim
 from tests.unit.test_cli_errors import run_cli
@@ -184,6 +187,97 @@ def test_bad_input_names_file_and_offset(tmp_path: Path) -> None:
         ingest_chakra([tmp_path / "flipped.0.et"])
     r = run_cli("ingest", "chakra", tmp_path / "garbage.0.et", "--out", tmp_path / "o")
     assert r.returncode == 1 and "garbage.0.et: byte offset" in r.stderr
+
+
+# --- fuzz: any bytes ingest or raise TraceError, nothing else ------------------------------------
+
+
+def _ingests_or_trace_error(data: bytes, name: str, ingest: Any = ingest_chakra) -> None:
+    with tempfile.TemporaryDirectory() as d:
+        path = Path(d) / name
+        path.write_bytes(data)
+        try:
+            ingest([path])
+        except TraceError as e:
+            assert name in str(e)
+
+
+GOOD_ET = _et(_rank_nodes(0))
+GOOD_JSON = json.dumps(
+    {
+        "schema": "1.0.2-chakra.0.0.4",
+        "workload_graph": [
+            {"Id": 1, "Name": "a", "NodeType": 4, "runtime": 5, "data_deps": [], "ctrlDeps": []},
+            {"Id": 2, "Name": "ncclKernel", "NodeType": 7, "runtime": 9, "data_deps": [1], "ctrlDeps": [1]},
+        ],
+    }
+).encode()
+GOOD_PYTORCH_ET = json.dumps(
+    {
+        "schema": "1.1.0",
+        "pid": 7,
+        "nodes": [
+            {"id": 1, "name": "[pytorch|profiler|execution_trace|thread]", "ctrl_deps": 0,
+             "attrs": [{"name": "tid", "type": "uint64", "value": 3}]},
+            {"id": 2, "name": "aten::mm", "ctrl_deps": 1, "inputs": {"values": [[1, 2, 0, 4, 4, "cuda:0"]],
+             "shapes": [[2, 2]], "types": ["Tensor(float)"]}, "attrs": [{"name": "rf_id", "value": 9}]},
+        ],
+    }
+).encode()  # fmt: skip
+
+
+@st.composite
+def _mutated(draw: st.DrawFn, good: bytes) -> bytes:
+    """A valid file cut, with bytes flipped, or with bytes inserted."""
+    data = bytearray(good)
+    for _ in range(draw(st.integers(1, 4))):
+        at = draw(st.integers(0, len(data)))
+        op = draw(st.sampled_from(["flip", "cut", "insert"]))
+        if op == "cut":
+            del data[at:]
+        elif op == "insert":
+            data[at:at] = draw(st.binary(min_size=1, max_size=8))
+        elif data:
+            data[min(at, len(data) - 1)] = draw(st.integers(0, 255))
+    return bytes(data)
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.binary(max_size=400))
+def test_fuzz_chakra_arbitrary_bytes(data: bytes) -> None:
+    _ingests_or_trace_error(data, "fuzz.0.et")
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(_mutated(GOOD_ET), st.booleans())
+def test_fuzz_chakra_mutated_protobuf(data: bytes, gz: bool) -> None:
+    _ingests_or_trace_error(gzip.compress(data, mtime=0) if gz else data, "fuzz.0.et")
+
+
+@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(_mutated(GOOD_JSON))
+def test_fuzz_chakra_mutated_json(data: bytes) -> None:
+    _ingests_or_trace_error(data, "fuzz.0.json")
+
+
+@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(_mutated(GOOD_PYTORCH_ET))
+def test_fuzz_pytorch_et_mutated(data: bytes) -> None:
+    _ingests_or_trace_error(data, "fuzz_et.0.json", ingest_pytorch_et)
+
+
+def test_fuzz_seeds_ingest() -> None:
+    """The seeds of the fuzz tests are valid files (so that the mutations start from ones)."""
+    for data, name, ingest in [
+        (GOOD_ET, "seed.0.et", ingest_chakra),
+        (GOOD_JSON, "seed.0.json", ingest_chakra),
+        (GOOD_PYTORCH_ET, "seed_et.0.json", ingest_pytorch_et),
+    ]:
+        with tempfile.TemporaryDirectory() as d:
+            path = Path(d) / name
+            path.write_bytes(data)
+            trace, _ = ingest([path])
+            assert trace.num_ops >= 1
 
 
 def test_pytorch_et_json_is_streamed(tmp_path: Path) -> None:

@@ -237,9 +237,12 @@ def _match_by_seq(
     return matched
 
 
-def _ops_table(cols: Mapping[str, Sequence[Any]]) -> pa.Table:
-    """The canonical ops table from its columns (in the order given), typed by OP_COLUMN_TYPES."""
-    return pa.table({k: pa.array(v, OP_COLUMN_TYPES[k]) for k, v in cols.items()})
+def _ops_table(cols: Mapping[str, Sequence[Any] | pa.Array]) -> pa.Table:
+    """The canonical ops table from its columns (in the order given: lists, or Arrow arrays of
+    the column's type), typed by OP_COLUMN_TYPES."""
+    return pa.table(
+        {k: v if isinstance(v, pa.Array) else pa.array(v, OP_COLUMN_TYPES[k]) for k, v in cols.items()}
+    )
 
 
 def _to_trace(

@@ -35,19 +35,24 @@ from __future__ import annotations
 import heapq
 import json
 import re
-import struct
 from collections import Counter, defaultdict
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
+from itertools import chain
 from pathlib import Path
 from typing import Any, Literal
 
+import numpy as np
+import pyarrow as pa
+
+from tracesim._core import decode_chakra
 from tracesim.exceptions import TraceError
 from tracesim.ingest._common import (
     COLL_NAMES,
     DTYPE_BYTES,
     FORMAT_DTYPE,
     NO_PEER_FILES,
+    OP_COLUMN_TYPES,
     OUTSIDE_GROUP,
     _category,
     _counter_lines,
@@ -137,150 +142,7 @@ class ChakraReport:
 
 
 # ---------------------------------------------------------------------------------------------
-# Protobuf wire format
-
-
-class _Wire:
-    """Reads protobuf wire-format fields from `buf[start:end]`; errors name the file and offset."""
-
-    __slots__ = ("buf", "end", "path", "pos")
-
-    def __init__(self, buf: bytes, path: Path, start: int = 0, end: int | None = None) -> None:
-        self.buf = buf
-        self.path = path
-        self.pos = start
-        self.end = len(buf) if end is None else end
-
-    def fail(self, what: str, at: int | None = None) -> TraceError:
-        return TraceError(f"{self.path}: byte offset {self.pos if at is None else at}: {what}")
-
-    def varint(self) -> int:
-        start = self.pos
-        result = shift = 0
-        buf, end = self.buf, self.end
-        while True:
-            if self.pos >= end:
-                raise self.fail("truncated varint", start)
-            b = buf[self.pos]
-            self.pos += 1
-            result |= (b & 0x7F) << shift
-            if b < 0x80:
-                return result
-            shift += 7
-            if shift >= 70:
-                raise self.fail("varint longer than 10 bytes", start)
-
-    def take(self, n: int) -> tuple[int, int]:
-        start = self.pos
-        if n < 0 or start + n > self.end:
-            raise self.fail(f"field of {n} bytes runs past the end of its message (at {self.end})", start)
-        self.pos += n
-        return start, start + n
-
-    def fields(self) -> Iterator[tuple[int, int, Any]]:
-        """(field number, wire type, value): int for 0/1/5, (start, end) for 2."""
-        while self.pos < self.end:
-            at = self.pos
-            key = self.varint()
-            num, wt = key >> 3, key & 7
-            if num == 0:
-                raise self.fail("field number 0 (not a protobuf message)", at)
-            if wt == 0:
-                yield num, wt, self.varint()
-            elif wt == 1:
-                s, _ = self.take(8)
-                yield num, wt, struct.unpack_from("<Q", self.buf, s)[0]
-            elif wt == 5:
-                s, _ = self.take(4)
-                yield num, wt, struct.unpack_from("<I", self.buf, s)[0]
-            elif wt == 2:
-                yield num, wt, self.take(self.varint())
-            else:
-                raise self.fail(f"unsupported wire type {wt} (field {num})", at)
-
-
-def _signed64(v: int) -> int:
-    return v - (1 << 64) if v >= 1 << 63 else v
-
-
-def _zigzag(v: int) -> int:
-    return (v >> 1) ^ -(v & 1)
-
-
-def _scalar(num: int, wt: int, v: Any, buf: bytes) -> Any:
-    """One AttributeProto scalar value (oneof field numbers 3..31, odd)."""
-    if num == 3 and wt == 1:
-        return struct.unpack("<d", struct.pack("<Q", v))[0]
-    if num == 5 and wt == 5:
-        return struct.unpack("<f", struct.pack("<I", v))[0]
-    if num in (7, 9) and wt == 0:  # int32/int64: negative values are sign-extended to 64 bits
-        return _signed64(v)
-    if num in (11, 13) and wt == 0:
-        return v
-    if num in (15, 17) and wt == 0:
-        return _zigzag(v)
-    if num in (19, 21):
-        return v
-    if num == 23 and wt == 5:
-        return v - (1 << 32) if v >= 1 << 31 else v
-    if num == 25 and wt == 1:
-        return _signed64(v)
-    if num == 27 and wt == 0:
-        return bool(v)
-    if num in (29, 31) and wt == 2:
-        s, e = v
-        raw = buf[s:e]
-        return raw.decode("utf-8", "replace") if num == 29 else raw
-    return None
-
-
-def _list(num: int, span: tuple[int, int], w: _Wire) -> list[Any]:
-    """A `*List` message: repeated `values = 1`, packed (numeric) or not."""
-    out: list[Any] = []
-    sub = _Wire(w.buf, w.path, span[0], span[1])
-    elem = num - 1  # the scalar oneof number of the same type
-    for fnum, wt, v in sub.fields():
-        if fnum != 1:
-            continue
-        if wt == 2 and elem not in (29, 31):  # packed
-            p = _Wire(w.buf, w.path, v[0], v[1])
-            while p.pos < p.end:
-                if elem in (3, 21, 25):
-                    s, _ = p.take(8)
-                    raw = struct.unpack_from("<Q", p.buf, s)[0]
-                    out.append(_scalar(elem, 1, raw, p.buf))
-                elif elem in (5, 19, 23):
-                    s, _ = p.take(4)
-                    raw = struct.unpack_from("<I", p.buf, s)[0]
-                    out.append(_scalar(elem, 5, raw, p.buf))
-                else:
-                    out.append(_scalar(elem, 0, p.varint(), p.buf))
-        else:
-            out.append(_scalar(elem, wt, v, w.buf))
-    return out
-
-
-def _attr(span: tuple[int, int], w: _Wire) -> tuple[str, Any]:
-    sub = _Wire(w.buf, w.path, span[0], span[1])
-    name = ""
-    value: Any = None
-    for num, wt, v in sub.fields():
-        if num == 1 and wt == 2:
-            name = w.buf[v[0] : v[1]].decode("utf-8", "replace")
-        elif 3 <= num <= 32:
-            value = _list(num, v, w) if num % 2 == 0 and wt == 2 else _scalar(num, wt, v, w.buf)
-    return name, value
-
-
-def _packed_u64(num: int, wt: int, v: Any, w: _Wire, into: list[int]) -> None:
-    if wt == 0:
-        into.append(v)
-    elif wt == 2:
-        p = _Wire(w.buf, w.path, v[0], v[1])
-        while p.pos < p.end:
-            into.append(p.varint())
-    else:
-        raise w.fail(f"field {num} (repeated uint64) has wire type {wt}")
+# Protobuf wire format: decoded in Rust (`tracesim._core.decode_chakra`, src/chakra_pb.rs)
 
 
 @dataclass(slots=True)
@@ -298,70 +160,15 @@ class _Node:
     inputs: str = ""  # IOInfo.values (METADATA nodes carry the process groups here)
 
 
-def _io_values(span: tuple[int, int], w: _Wire) -> str:
-    sub = _Wire(w.buf, w.path, span[0], span[1])
-    for num, wt, v in sub.fields():
-        if num == 1 and wt == 2:
-            return w.buf[v[0] : v[1]].decode("utf-8", "replace")
-    return ""
-
-
-def _node(span: tuple[int, int], w: _Wire) -> _Node:
-    sub = _Wire(w.buf, w.path, span[0], span[1])
-    n = _Node(0, "", INVALID_NODE)
-    for num, wt, v in sub.fields():
-        if num == 1 and wt == 0:
-            n.nid = v
-        elif num == 2 and wt == 2:
-            n.name = w.buf[v[0] : v[1]].decode("utf-8", "replace")
-        elif num == 3 and wt == 0:
-            n.ntype = v
-        elif num == 4:
-            _packed_u64(num, wt, v, sub, n.ctrl_deps)
-        elif num == 5:
-            _packed_u64(num, wt, v, sub, n.data_deps)
-        elif num == 6 and wt == 0:
-            n.start_us = v
-        elif num == 7 and wt == 0:
-            n.dur_us = v
-        elif num == 8 and wt == 2:
-            n.inputs = _io_values(v, w)
-        elif num == 10 and wt == 2:
-            k, val = _attr(v, w)
-            n.attrs[k] = val
-    return n
-
-
 def read_et(path: Path, raw: bytes | None = None) -> tuple[dict[str, Any], list[_Node]]:
     """The GlobalMetadata attributes and the Nodes of one Chakra protobuf file."""
-    buf = _load(path) if raw is None else raw
-    w = _Wire(buf, path)
-    meta: dict[str, Any] = {}
-    nodes: list[_Node] = []
-    first = True
-    while w.pos < w.end:
-        at = w.pos
-        n = w.varint()
-        if n == 0 and at + 1 == w.end:
-            break  # a trailing zero length is EOF for the reference reader
-        try:
-            span = w.take(n)
-        except TraceError:
-            raise w.fail(f"record of {n} bytes runs past the end of the file ({w.end} bytes)", at) from None
-        if first:
-            sub = _Wire(buf, path, span[0], span[1])
-            for num, wt, v in sub.fields():
-                if num == 2 and wt == 2:
-                    k, val = _attr(v, w)
-                    meta[k] = val
-                elif num == 1 and wt == 2:
-                    meta["version"] = buf[v[0] : v[1]].decode("utf-8", "replace")
-            first = False
-        else:
-            nodes.append(_node(span, w))
-    if first:
-        raise TraceError(f"{path}: empty file (no GlobalMetadata record)")
-    return meta, nodes
+    meta, nodes = decode_chakra(_load(path) if raw is None else raw, str(path))
+    return dict(meta), [
+        _Node(
+            nid, name, INVALID_NODE if ntype is None else ntype, ctrl, data, dur, start, dict(attrs), inputs
+        )
+        for nid, name, ntype, ctrl, data, start, dur, inputs, attrs in nodes
+    ]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -380,6 +187,8 @@ def _int(v: Any) -> int | None:
 
 def _ids(v: Any) -> list[int]:
     if isinstance(v, list):
+        if all(type(y) is int for y in v):  # the usual case, without a call per id
+            return list(v)
         return [x for x in (_int(y) for y in v) if x is not None]
     x = _int(v)
     return [] if x is None or x < 0 else [x]
@@ -946,7 +755,7 @@ def _build(ranks: list[_Rank], groups_by_id: dict[int, tuple[str, list[int]]], s
             "bytes_written": [o.bytes_written for o in order],
             "duration_ns": [o.dur for o in order],
             "start_ns": [o.start for o in order],
-            "deps": [[ids[o.rank][d] for d in o.deps] for o in order],
+            "deps": _deps_column(order, ids),
             "coll": [o.coll if c else None for o, c in zip(order, coll, strict=True)],
             "group_id": [o.group_id if c else None for o, c in zip(order, coll, strict=True)],
             "coll_seq": [o.coll_seq if c else None for o, c in zip(order, coll, strict=True)],
@@ -969,6 +778,17 @@ def _build(ranks: list[_Rank], groups_by_id: dict[int, tuple[str, list[int]]], s
         [r.path.name for r in ranks],
         [r.source_rank for r in ranks],
     )
+
+
+def _deps_column(order: list[_Op], ids: list[dict[int, int]]) -> pa.Array:
+    """The ops' deps as op ids, one list per op, built flat (a trace has ~50 deps per op)."""
+    lengths = np.fromiter((len(o.deps) for o in order), np.int64, len(order))
+    flat = np.fromiter(
+        chain.from_iterable(map(ids[o.rank].__getitem__, o.deps) for o in order), np.int64, int(lengths.sum())
+    )
+    offsets = np.zeros(len(order) + 1, np.int64)
+    np.cumsum(lengths, out=offsets[1:])
+    return pa.LargeListArray.from_arrays(pa.array(offsets), pa.array(flat)).cast(OP_COLUMN_TYPES["deps"])
 
 
 def _peer_index(ranks: list[_Rank], source_rank: int) -> int:
