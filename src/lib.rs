@@ -9,6 +9,7 @@
 #![allow(clippy::needless_range_loop)]
 
 mod bulk;
+pub mod chakra_deps;
 pub mod chakra_pb;
 pub mod engine;
 pub mod error;

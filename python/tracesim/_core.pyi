@@ -16,6 +16,7 @@ __all__ = [
     "op_times",
     "read_et_nodes",
     "read_kineto_file",
+    "resolve_chakra_deps",
     "simulate",
     "validate",
 ]
@@ -55,6 +56,14 @@ def map_kineto_rank(
     base: int,
 ) -> tuple[pa.RecordBatch, list[tuple[str, int]]]: ...
 def decode_chakra(data: bytes, path: str) -> tuple[list[tuple[str, Any]], list[tuple[Any, ...]]]: ...
+def resolve_chakra_deps(
+    ids: pa.Array,
+    dep_offsets: pa.Array,
+    deps: pa.Array,
+    dropped_ids: pa.Array,
+    dropped_offsets: pa.Array,
+    dropped_deps: pa.Array,
+) -> tuple[tuple[list[int], list[int], list[int], int, int] | None, list[int]]: ...
 def read_et_nodes(path: str | os.PathLike[str]) -> tuple[pa.RecordBatch, list[tuple[str, str]]]: ...
 def kineto_innermost(
     calls: pa.RecordBatch, events: pa.RecordBatch

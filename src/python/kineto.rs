@@ -342,3 +342,72 @@ pub fn decode_chakra<'py>(py: Python<'py>, data: &[u8], path: &str) -> PyResult<
     }
     Ok((meta, pyo3::types::PyList::new(py, out)?.into_any()))
 }
+
+/// An int64 pyarrow array's values (no nulls).
+fn int64_values(a: &pyo3_arrow::PyArray, what: &str) -> PyResult<Vec<i64>> {
+    let col = a
+        .array()
+        .as_any()
+        .downcast_ref::<Int64Array>()
+        .filter(|c| c.null_count() == 0)
+        .ok_or_else(|| PyValueError::new_err(format!("{what}: not an int64 array without nulls")))?;
+    Ok(col.values().to_vec())
+}
+
+fn offsets_of(a: &pyo3_arrow::PyArray, what: &str) -> PyResult<Vec<usize>> {
+    int64_values(a, what)?
+        .into_iter()
+        .map(|o| usize::try_from(o).map_err(|_| PyValueError::new_err(format!("{what}: a negative offset"))))
+        .collect()
+}
+
+/// (deps offsets, deps as indices of the kept nodes, order, reconnected, outside) or, on a
+/// cycle, the sorted ids of the nodes stuck on or after it.
+type ResolvedDeps = (Vec<usize>, Vec<usize>, Vec<usize>, u64, u64);
+
+/// The deps of one rank's kept nodes resolved through its dropped ones, and their order
+/// (`crate::chakra_deps`). Lists are (offsets, values) int64 arrays. Returns (the resolved deps
+/// or None, the stuck node ids on a cycle).
+#[pyfunction]
+pub fn resolve_chakra_deps(
+    py: Python<'_>,
+    ids: pyo3_arrow::PyArray,
+    dep_offsets: pyo3_arrow::PyArray,
+    deps: pyo3_arrow::PyArray,
+    dropped_ids: pyo3_arrow::PyArray,
+    dropped_offsets: pyo3_arrow::PyArray,
+    dropped_deps: pyo3_arrow::PyArray,
+) -> PyResult<(Option<ResolvedDeps>, Vec<i64>)> {
+    let ids = int64_values(&ids, "ids")?;
+    let (dep_offsets, deps) = (offsets_of(&dep_offsets, "dep_offsets")?, int64_values(&deps, "deps")?);
+    let dropped_ids = int64_values(&dropped_ids, "dropped_ids")?;
+    let dropped_offsets = offsets_of(&dropped_offsets, "dropped_offsets")?;
+    let dropped_deps = int64_values(&dropped_deps, "dropped_deps")?;
+    let out = py.detach(|| {
+        crate::chakra_deps::resolve(
+            &ids,
+            &crate::chakra_deps::Lists {
+                offsets: &dep_offsets,
+                values: &deps,
+            },
+            &dropped_ids,
+            &crate::chakra_deps::Lists {
+                offsets: &dropped_offsets,
+                values: &dropped_deps,
+            },
+        )
+    });
+    Ok(match out {
+        Ok(r) => {
+            let mut offsets = Vec::with_capacity(r.deps.len() + 1);
+            offsets.push(0);
+            let mut flat = Vec::new();
+            for d in &r.deps {
+                flat.extend(d);
+                offsets.push(flat.len());
+            }
+            (Some((offsets, flat, r.order, r.reconnected, r.outside)), Vec::new())
+        }
+        Err(stuck) => (None, stuck),
+    })
+}

@@ -189,6 +189,29 @@ def test_bad_input_names_file_and_offset(tmp_path: Path) -> None:
     assert r.returncode == 1 and "garbage.0.et: byte offset" in r.stderr
 
 
+def test_long_chain_of_dropped_nodes(tmp_path: Path) -> None:
+    """Deps through thousands of dropped (metadata) nodes in a row are reconnected (no recursion
+    limit), and a dependency cycle is an error naming the nodes."""
+    n = 5000
+    graph = [{"Id": 0, "Name": "a", "NodeType": 4, "runtime": 5, "data_deps": []}]
+    graph += [{"Id": i, "Name": "m", "NodeType": 1, "data_deps": [i - 1]} for i in range(1, n)]
+    graph += [{"Id": n, "Name": "b", "NodeType": 4, "runtime": 5, "data_deps": [n - 1]}]
+    path = tmp_path / "deep.0.json"
+    path.write_text(json.dumps({"schema": "x", "workload_graph": graph}))
+    trace, report = ingest_chakra([path])
+    assert (
+        report.deps_reconnected == 1 and report.unmapped["METADATA_NODE (dropped; deps reconnected)"] == n - 1
+    )
+    ops = _ops(trace).sort("op_id")
+    assert ops["name"].to_list() == ["a", "b"] and ops["deps"].to_list() == [[], [0]]
+    graph[0]["data_deps"] = [n]  # a → b → (chain) → a
+    path.write_text(json.dumps({"schema": "x", "workload_graph": graph}))
+    with pytest.raises(
+        TraceError, match=r"deep.0.json: dependency cycle among 2 nodes \(node ids \[0, 5000\]\)"
+    ):
+        ingest_chakra([path])
+
+
 # --- fuzz: any bytes ingest or raise TraceError, nothing else ------------------------------------
 
 

@@ -32,7 +32,6 @@ thread or GPU stream run one at a time.
 
 from __future__ import annotations
 
-import heapq
 import json
 import re
 from collections import Counter, defaultdict
@@ -45,7 +44,7 @@ from typing import Any, Literal
 import numpy as np
 import pyarrow as pa
 
-from tracesim._core import decode_chakra
+from tracesim._core import decode_chakra, resolve_chakra_deps
 from tracesim.exceptions import TraceError
 from tracesim.ingest._common import (
     COLL_NAMES,
@@ -585,68 +584,43 @@ def _et_ops(r: _Rank, rank: int, data: dict[str, Any], report: ChakraReport) -> 
 
 
 def _resolve_deps(r: _Rank, report: ChakraReport) -> None:
-    """Deps only to kept nodes: through dropped nodes transitively; unknown ids counted."""
-    memo: dict[int, list[int]] = {}
+    """Deps only to kept nodes: through dropped nodes transitively (a chain of any length),
+    unknown ids counted; then `r.order`, Kahn's order with the lowest node id first among the
+    ready nodes (the Chakra feeder's order). In Rust: `tracesim._core.resolve_chakra_deps`."""
+    ops = list(r.ops.values())
+    dropped = r.dropped
+    try:
+        ids = np.fromiter((op.nid for op in ops), np.int64, len(ops))
+        lens = np.fromiter((len(op.deps) for op in ops), np.int64, len(ops))
+        deps = np.fromiter(chain.from_iterable(op.deps for op in ops), np.int64, int(lens.sum()))
+        d_ids = np.fromiter(dropped, np.int64, len(dropped))
+        d_lens = np.fromiter(map(len, dropped.values()), np.int64, len(dropped))
+        d_deps = np.fromiter(chain.from_iterable(dropped.values()), np.int64, int(d_lens.sum()))
+    except OverflowError:
+        raise TraceError(f"{r.path}: a node id or dep beyond int64 (-2^63..2^63-1)") from None
 
-    def through(nid: int, stack: set[int]) -> list[int]:
-        if nid in memo:
-            return memo[nid]
-        if nid in stack:
-            return []
-        stack.add(nid)
-        out: list[int] = []
-        for d in r.dropped[nid]:
-            if d in r.ops:
-                out.append(d)
-            elif d in r.dropped:
-                out.extend(through(d, stack))
-            else:
-                report.deps_outside_file += 1
-        stack.discard(nid)
-        memo[nid] = list(dict.fromkeys(out))
-        return memo[nid]
+    def offsets(lengths: np.ndarray) -> pa.Array:
+        out = np.zeros(len(lengths) + 1, np.int64)
+        np.cumsum(lengths, out=out[1:])
+        return pa.array(out)
 
-    for op in r.ops.values():
-        new: list[int] = []
-        for d in op.deps:
-            if d == op.nid:
-                continue
-            if d in r.ops:
-                new.append(d)
-            elif d in r.dropped:
-                got = [x for x in through(d, set()) if x != op.nid]
-                report.deps_reconnected += len(got)
-                new.extend(got)
-            else:
-                report.deps_outside_file += 1
-        op.deps = list(dict.fromkeys(new))
-        report.deps += len(op.deps)
-
-
-def _topo(r: _Rank) -> None:
-    """Kahn's order, lowest node id first among the ready nodes (the Chakra feeder's order)."""
-    indeg = {nid: len(op.deps) for nid, op in r.ops.items()}
-    users: dict[int, list[int]] = defaultdict(list)
-    for nid, op in r.ops.items():
-        for d in op.deps:
-            users[d].append(nid)
-    heap = [nid for nid, k in indeg.items() if k == 0]
-    heapq.heapify(heap)
-    order: list[int] = []
-    while heap:
-        nid = heapq.heappop(heap)
-        order.append(nid)
-        for u in users.get(nid, []):
-            indeg[u] -= 1
-            if indeg[u] == 0:
-                heapq.heappush(heap, u)
-    if len(order) != len(r.ops):
-        stuck = sorted(nid for nid, k in indeg.items() if k > 0)
+    resolved, stuck = resolve_chakra_deps(
+        pa.array(ids), offsets(lens), pa.array(deps), pa.array(d_ids), offsets(d_lens), pa.array(d_deps)
+    )
+    if resolved is None:
         raise TraceError(
             f"{r.path}: dependency cycle among {len(stuck)} nodes (node ids {stuck[:10]}"
             f"{' …' if len(stuck) > 10 else ''})"
         )
-    r.order = order
+    off, flat, order, reconnected, outside = resolved
+    nids = ids.tolist()
+    flat_ids = [nids[k] for k in flat]
+    for i, op in enumerate(ops):
+        op.deps = flat_ids[off[i] : off[i + 1]]
+    r.order = [nids[k] for k in order]
+    report.deps += len(flat)
+    report.deps_reconnected += reconnected
+    report.deps_outside_file += outside
 
 
 def _match(ranks: list[_Rank], report: ChakraReport) -> dict[int, tuple[str, list[int]]]:
@@ -855,7 +829,6 @@ def _ingest(
             report.nodes += len(data["nodes"])
             _et_ops(r, order, data, report)
         _resolve_deps(r, report)
-        _topo(r)
         ranks.append(r)
         report.files.append(str(path))
         report.formats.append(fmt)

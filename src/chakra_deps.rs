@@ -1,0 +1,257 @@
+//! The dependencies of one rank's execution-trace nodes (`tracesim.ingest.chakra`): deps on
+//! dropped nodes (metadata, unknown types) reconnected through them to the kept ones, deps on ids
+//! not in the file counted, then Kahn's order (lowest node id first among the ready ones, the
+//! Chakra feeder's order). Iterative throughout: a chain of any length of dropped nodes is fine.
+
+use std::cmp::Reverse;
+use std::collections::{BinaryHeap, HashMap, HashSet};
+
+/// Lists of ids as (offsets, values): list `i` is `values[offsets[i]..offsets[i + 1]]`.
+pub struct Lists<'a> {
+    pub offsets: &'a [usize],
+    pub values: &'a [i64],
+}
+
+impl Lists<'_> {
+    fn get(&self, i: usize) -> &[i64] {
+        match (self.offsets.get(i), self.offsets.get(i + 1)) {
+            (Some(&s), Some(&e)) if s <= e && e <= self.values.len() => &self.values[s..e],
+            _ => &[],
+        }
+    }
+
+    fn len(&self) -> usize {
+        self.offsets.len().saturating_sub(1)
+    }
+}
+
+/// The kept nodes' deps (indices into the kept nodes, first occurrences in order) and their order.
+#[derive(Debug, PartialEq)]
+pub struct Resolved {
+    pub deps: Vec<Vec<usize>>,
+    pub order: Vec<usize>,
+    /// Deps that went through a dropped node, reconnected to its deps.
+    pub reconnected: u64,
+    /// Deps on ids not in the file (ignored).
+    pub outside: u64,
+}
+
+/// Resolves the deps of the kept nodes `ids` (`deps`: theirs) through the dropped nodes
+/// `dropped_ids` (`dropped_deps`); Err: the ids of the nodes on or after a cycle, sorted.
+pub fn resolve(
+    ids: &[i64],
+    deps: &Lists<'_>,
+    dropped_ids: &[i64],
+    dropped_deps: &Lists<'_>,
+) -> Result<Resolved, Vec<i64>> {
+    let kept: HashMap<i64, usize> = ids.iter().enumerate().map(|(i, &id)| (id, i)).collect();
+    let dropped: HashMap<i64, usize> = dropped_ids.iter().enumerate().map(|(i, &id)| (id, i)).collect();
+    let mut memo: Vec<Option<Vec<usize>>> = vec![None; dropped_deps.len().max(dropped_ids.len())];
+    let mut on_stack = vec![false; memo.len()];
+    let mut outside = 0u64;
+    let mut reconnected = 0u64;
+
+    // The kept nodes a dropped node's deps lead to (memoised; a node met again on the current
+    // path leads nowhere).
+    let mut through = |start: usize, outside: &mut u64| -> Vec<usize> {
+        if let Some(done) = &memo[start] {
+            return done.clone();
+        }
+        if on_stack[start] {
+            return Vec::new();
+        }
+        on_stack[start] = true;
+        let mut frames: Vec<(usize, usize, Vec<usize>)> = vec![(start, 0, Vec::new())];
+        loop {
+            let Some(top) = frames.last_mut() else {
+                return Vec::new();
+            };
+            let (node, pos) = (top.0, top.1);
+            let list = dropped_deps.get(node);
+            if pos < list.len() {
+                top.1 += 1;
+                let d = list[pos];
+                if let Some(&k) = kept.get(&d) {
+                    top.2.push(k);
+                } else if let Some(&m) = dropped.get(&d) {
+                    if let Some(done) = &memo[m] {
+                        top.2.extend(done);
+                    } else if !on_stack[m] {
+                        on_stack[m] = true;
+                        frames.push((m, 0, Vec::new()));
+                    }
+                } else {
+                    *outside += 1;
+                }
+                continue;
+            }
+            let Some((node, _, out)) = frames.pop() else {
+                return Vec::new();
+            };
+            on_stack[node] = false;
+            let out = first_occurrences(out);
+            memo[node] = Some(out.clone());
+            match frames.last_mut() {
+                Some(parent) => parent.2.extend(&out),
+                None => return out,
+            }
+        }
+    };
+
+    let mut resolved: Vec<Vec<usize>> = Vec::with_capacity(ids.len());
+    for (i, &id) in ids.iter().enumerate() {
+        let mut new = Vec::new();
+        for &d in deps.get(i) {
+            if d == id {
+                continue;
+            }
+            if let Some(&k) = kept.get(&d) {
+                new.push(k);
+            } else if let Some(&m) = dropped.get(&d) {
+                let got: Vec<usize> = through(m, &mut outside).into_iter().filter(|&k| k != i).collect();
+                reconnected += got.len() as u64;
+                new.extend(got);
+            } else {
+                outside += 1;
+            }
+        }
+        resolved.push(first_occurrences(new));
+    }
+
+    // Kahn's order, the lowest id first among the ready nodes.
+    let mut indeg: Vec<usize> = resolved.iter().map(Vec::len).collect();
+    let mut users: Vec<Vec<usize>> = vec![Vec::new(); ids.len()];
+    for (i, ds) in resolved.iter().enumerate() {
+        for &d in ds {
+            users[d].push(i);
+        }
+    }
+    let mut ready: BinaryHeap<Reverse<(i64, usize)>> = (0..ids.len())
+        .filter(|&i| indeg[i] == 0)
+        .map(|i| Reverse((ids[i], i)))
+        .collect();
+    let mut order = Vec::with_capacity(ids.len());
+    while let Some(Reverse((_, i))) = ready.pop() {
+        order.push(i);
+        for &u in &users[i] {
+            indeg[u] -= 1;
+            if indeg[u] == 0 {
+                ready.push(Reverse((ids[u], u)));
+            }
+        }
+    }
+    if order.len() != ids.len() {
+        let mut stuck: Vec<i64> = (0..ids.len()).filter(|&i| indeg[i] > 0).map(|i| ids[i]).collect();
+        stuck.sort_unstable();
+        return Err(stuck);
+    }
+    Ok(Resolved {
+        deps: resolved,
+        order,
+        reconnected,
+        outside,
+    })
+}
+
+fn first_occurrences(v: Vec<usize>) -> Vec<usize> {
+    let mut seen = HashSet::with_capacity(v.len());
+    v.into_iter().filter(|x| seen.insert(*x)).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn lists(v: &[&[i64]]) -> (Vec<usize>, Vec<i64>) {
+        let mut offsets = vec![0];
+        let mut values = Vec::new();
+        for l in v {
+            values.extend_from_slice(l);
+            offsets.push(values.len());
+        }
+        (offsets, values)
+    }
+
+    #[test]
+    fn through_dropped_nodes_and_order() {
+        // kept 10, 30, 40; dropped 20 → 10, 25 → (20, 99); 40 depends on 25, 30, itself, 77.
+        let (ko, kv) = lists(&[&[], &[10], &[25, 30, 40, 77]]);
+        let (dof, dv) = lists(&[&[10], &[20, 99]]);
+        let r = resolve(
+            &[10, 30, 40],
+            &Lists {
+                offsets: &ko,
+                values: &kv,
+            },
+            &[20, 25],
+            &Lists {
+                offsets: &dof,
+                values: &dv,
+            },
+        )
+        .expect("acyclic");
+        assert_eq!(r.deps, vec![vec![], vec![0], vec![0, 1]]);
+        assert_eq!(r.order, vec![0, 1, 2]);
+        assert_eq!((r.reconnected, r.outside), (1, 2)); // 99 and 77 are not in the file
+    }
+
+    #[test]
+    fn a_long_chain_of_dropped_nodes() {
+        let n = 100_000i64;
+        let dropped: Vec<i64> = (1..n).collect();
+        let chain: Vec<Vec<i64>> = (1..n).map(|i| vec![i - 1]).collect();
+        let refs: Vec<&[i64]> = chain.iter().map(Vec::as_slice).collect();
+        let (dof, dv) = lists(&refs);
+        let (ko, kv) = lists(&[&[], &[n - 1]]);
+        let r = resolve(
+            &[0, n],
+            &Lists {
+                offsets: &ko,
+                values: &kv,
+            },
+            &dropped,
+            &Lists {
+                offsets: &dof,
+                values: &dv,
+            },
+        )
+        .expect("acyclic");
+        assert_eq!(r.deps, vec![vec![], vec![0]]);
+    }
+
+    #[test]
+    fn cycles() {
+        let (ko, kv) = lists(&[&[2], &[1], &[]]);
+        let err = resolve(
+            &[1, 2, 3],
+            &Lists {
+                offsets: &ko,
+                values: &kv,
+            },
+            &[],
+            &Lists {
+                offsets: &[0],
+                values: &[],
+            },
+        )
+        .expect_err("a cycle");
+        assert_eq!(err, vec![1, 2]);
+        // a cycle among dropped nodes leads nowhere (not an error)
+        let (ko, kv) = lists(&[&[5]]);
+        let (dof, dv) = lists(&[&[6], &[5]]);
+        let r = resolve(
+            &[1],
+            &Lists {
+                offsets: &ko,
+                values: &kv,
+            },
+            &[5, 6],
+            &Lists {
+                offsets: &dof,
+                values: &dv,
+            },
+        )
+        .expect("acyclic");
+        assert_eq!(r.deps, vec![Vec::<usize>::new()]);
+    }
+}
