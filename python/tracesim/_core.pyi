@@ -55,7 +55,9 @@ def map_kineto_rank(
     extra_deps: pa.RecordBatch,
     base: int,
 ) -> tuple[pa.RecordBatch, list[tuple[str, int]]]: ...
-def decode_chakra(data: bytes, path: str) -> tuple[list[tuple[str, Any]], list[tuple[Any, ...]]]: ...
+def decode_chakra(
+    data: bytes, path: str
+) -> tuple[list[tuple[str, Any]], list[tuple[Any, ...]], tuple[pa.Array, pa.Array, pa.Array, pa.Array]]: ...
 def resolve_chakra_deps(
     ids: pa.Array,
     dep_offsets: pa.Array,
@@ -63,7 +65,7 @@ def resolve_chakra_deps(
     dropped_ids: pa.Array,
     dropped_offsets: pa.Array,
     dropped_deps: pa.Array,
-) -> tuple[tuple[list[int], list[int], list[int], int, int] | None, list[int]]: ...
+) -> tuple[tuple[pa.Array, pa.Array, pa.Array, int, int] | None, list[int]]: ...
 def read_et_nodes(path: str | os.PathLike[str]) -> tuple[pa.RecordBatch, list[tuple[str, str]]]: ...
 def kineto_innermost(
     calls: pa.RecordBatch, events: pa.RecordBatch

@@ -310,12 +310,14 @@ fn attrs<'py>(py: Python<'py>, attrs: &[(String, crate::chakra_pb::AttrValue)]) 
     Ok(pyo3::types::PyList::new(py, pairs)?.into_any())
 }
 
-/// (metadata, nodes) as Python lists.
-type ChakraNodes<'py> = (Bound<'py, PyAny>, Bound<'py, PyAny>);
+/// (metadata, nodes, deps): see `decode_chakra`.
+type ChakraNodes<'py> = (Bound<'py, PyAny>, Bound<'py, PyAny>, Bound<'py, PyAny>);
 
 /// Decodes a Chakra protobuf file's bytes (`crate::chakra_pb`): ([(metadata attribute, value)],
-/// [(id, name, node type or None, ctrl deps, data deps, start µs, duration µs, inputs,
-/// [(attribute, value)])]); a malformed file raises TraceError naming `path` and the byte offset.
+/// [(id, name, node type or None, start µs, duration µs, inputs, [(attribute, value)])], deps),
+/// deps the int64 pyarrow arrays (ctrl offsets, ctrl, data offsets, data): node i's ctrl deps are
+/// `ctrl[ctrl_offsets[i]:ctrl_offsets[i + 1]]`. A malformed file raises TraceError naming `path`
+/// and the byte offset; so does a dep id beyond int64.
 #[pyfunction]
 pub fn decode_chakra<'py>(py: Python<'py>, data: &[u8], path: &str) -> PyResult<ChakraNodes<'py>> {
     let (meta, nodes) = py
@@ -326,13 +328,24 @@ pub fn decode_chakra<'py>(py: Python<'py>, data: &[u8], path: &str) -> PyResult<
         })?;
     let meta = attrs(py, &meta)?;
     let mut out = Vec::with_capacity(nodes.len());
+    let (mut ctrl_off, mut ctrl, mut data_off, mut data) = (vec![0i64], Vec::new(), vec![0i64], Vec::new());
     for n in &nodes {
+        for (src, off, vals) in [
+            (&n.ctrl_deps, &mut ctrl_off, &mut ctrl),
+            (&n.data_deps, &mut data_off, &mut data),
+        ] {
+            for &d in src {
+                vals.push(
+                    i64::try_from(d)
+                        .map_err(|_| TraceError::new_err(format!("{path}: node {}: dep {d} beyond int64", n.id)))?,
+                );
+            }
+            off.push(vals.len() as i64);
+        }
         let item = (
             n.id,
             n.name.as_str(),
             n.node_type,
-            n.ctrl_deps.clone(),
-            n.data_deps.clone(),
             n.start_us,
             n.dur_us,
             n.inputs.as_str(),
@@ -340,7 +353,15 @@ pub fn decode_chakra<'py>(py: Python<'py>, data: &[u8], path: &str) -> PyResult<
         );
         out.push(item.into_pyobject(py)?.into_any());
     }
-    Ok((meta, pyo3::types::PyList::new(py, out)?.into_any()))
+    let deps = [ctrl_off, ctrl, data_off, data]
+        .into_iter()
+        .map(|v| int64_array(py, v))
+        .collect::<PyResult<Vec<_>>>()?;
+    Ok((
+        meta,
+        pyo3::types::PyList::new(py, out)?.into_any(),
+        pyo3::types::PyTuple::new(py, deps)?.into_any(),
+    ))
 }
 
 /// An int64 pyarrow array's values (no nulls).
@@ -361,23 +382,30 @@ fn offsets_of(a: &pyo3_arrow::PyArray, what: &str) -> PyResult<Vec<usize>> {
         .collect()
 }
 
-/// (deps offsets, deps as indices of the kept nodes, order, reconnected, outside) or, on a
-/// cycle, the sorted ids of the nodes stuck on or after it.
-type ResolvedDeps = (Vec<usize>, Vec<usize>, Vec<usize>, u64, u64);
+/// (offsets, deps as indices of the kept nodes, order (indices): int64 pyarrow arrays;
+/// reconnected; outside) or, on a cycle, the sorted ids of the nodes stuck on or after it.
+type ResolvedDeps<'py> = (Bound<'py, PyAny>, Bound<'py, PyAny>, Bound<'py, PyAny>, u64, u64);
+
+/// An int64 pyarrow array of `values`.
+fn int64_array(py: Python<'_>, values: Vec<i64>) -> PyResult<Bound<'_, PyAny>> {
+    let array = pyo3_arrow::PyArray::from_array_ref(Arc::new(Int64Array::from(values)));
+    let exported = array.to_pyarrow(py)?.unbind();
+    Ok(exported.into_bound(py))
+}
 
 /// The deps of one rank's kept nodes resolved through its dropped ones, and their order
 /// (`crate::chakra_deps`). Lists are (offsets, values) int64 arrays. Returns (the resolved deps
 /// or None, the stuck node ids on a cycle).
 #[pyfunction]
-pub fn resolve_chakra_deps(
-    py: Python<'_>,
+pub fn resolve_chakra_deps<'py>(
+    py: Python<'py>,
     ids: pyo3_arrow::PyArray,
     dep_offsets: pyo3_arrow::PyArray,
     deps: pyo3_arrow::PyArray,
     dropped_ids: pyo3_arrow::PyArray,
     dropped_offsets: pyo3_arrow::PyArray,
     dropped_deps: pyo3_arrow::PyArray,
-) -> PyResult<(Option<ResolvedDeps>, Vec<i64>)> {
+) -> PyResult<(Option<ResolvedDeps<'py>>, Vec<i64>)> {
     let ids = int64_values(&ids, "ids")?;
     let (dep_offsets, deps) = (offsets_of(&dep_offsets, "dep_offsets")?, int64_values(&deps, "deps")?);
     let dropped_ids = int64_values(&dropped_ids, "dropped_ids")?;
@@ -400,13 +428,22 @@ pub fn resolve_chakra_deps(
     Ok(match out {
         Ok(r) => {
             let mut offsets = Vec::with_capacity(r.deps.len() + 1);
-            offsets.push(0);
-            let mut flat = Vec::new();
+            offsets.push(0i64);
+            let mut flat: Vec<i64> = Vec::new();
             for d in &r.deps {
-                flat.extend(d);
-                offsets.push(flat.len());
+                flat.extend(d.iter().map(|&k| k as i64));
+                offsets.push(flat.len() as i64);
             }
-            (Some((offsets, flat, r.order, r.reconnected, r.outside)), Vec::new())
+            let order: Vec<i64> = r.order.iter().map(|&k| k as i64).collect();
+            let arrays = (
+                int64_array(py, offsets)?,
+                int64_array(py, flat)?,
+                int64_array(py, order)?,
+            );
+            (
+                Some((arrays.0, arrays.1, arrays.2, r.reconnected, r.outside)),
+                Vec::new(),
+            )
         }
         Err(stuck) => (None, stuck),
     })

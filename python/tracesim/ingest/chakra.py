@@ -34,8 +34,9 @@ from __future__ import annotations
 
 import json
 import re
+from array import array
 from collections import Counter, defaultdict
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from itertools import chain
 from pathlib import Path
@@ -146,28 +147,88 @@ class ChakraReport:
 
 @dataclass(slots=True)
 class _Node:
-    """One graph node as read from any of the three formats."""
+    """One graph node as read from either Chakra format (its deps are kept apart, flat: `_Flat`)."""
 
     nid: int
     name: str
     ntype: int
-    ctrl_deps: list[int] = field(default_factory=list)
-    data_deps: list[int] = field(default_factory=list)
     dur_us: int | None = None
     start_us: int | None = None
     attrs: dict[str, Any] = field(default_factory=dict)
     inputs: str = ""  # IOInfo.values (METADATA nodes carry the process groups here)
 
 
-def read_et(path: Path, raw: bytes | None = None) -> tuple[dict[str, Any], list[_Node]]:
-    """The GlobalMetadata attributes and the Nodes of one Chakra protobuf file."""
-    meta, nodes = decode_chakra(_load(path) if raw is None else raw, str(path))
-    return dict(meta), [
-        _Node(
-            nid, name, INVALID_NODE if ntype is None else ntype, ctrl, data, dur, start, dict(attrs), inputs
+@dataclass
+class _Flat:
+    """Lists of ints held flat (a trace has tens of deps per node: as Python lists they would be
+    most of its memory): list i is `values[offsets[i]:offsets[i + 1]]`, `offsets[0]` = 0."""
+
+    offsets: np.ndarray
+    values: np.ndarray
+
+    @staticmethod
+    def of(lengths: Any, values: Any) -> _Flat:
+        offsets = np.zeros(len(lengths) + 1, np.int64)
+        np.cumsum(np.asarray(lengths, np.int64), out=offsets[1:])
+        return _Flat(offsets, np.asarray(values, np.int64))
+
+    @staticmethod
+    def of_lists(lists: list[list[int]]) -> _Flat:
+        return _Flat.of([len(x) for x in lists], np.fromiter(chain.from_iterable(lists), np.int64))
+
+    def __len__(self) -> int:
+        return len(self.offsets) - 1
+
+    def lengths(self) -> np.ndarray:
+        return np.diff(self.offsets)
+
+    def select(self, rows: np.ndarray) -> _Flat:
+        """The lists of `rows`, in that order."""
+        lengths = self.lengths()[rows]
+        out = _Flat.of(lengths, np.zeros(0, np.int64))
+        starts = np.repeat(self.offsets[:-1][rows] - out.offsets[:-1], lengths)
+        out.values = self.values[starts + np.arange(int(out.offsets[-1]))]
+        return out
+
+    def union(self, other: _Flat) -> _Flat:
+        """Per row, this list then `other`'s, each value once (its first occurrence)."""
+        n = len(self)
+        rows = np.concatenate(
+            [np.repeat(np.arange(n), self.lengths()), np.repeat(np.arange(n), other.lengths())]
         )
-        for nid, name, ntype, ctrl, data, start, dur, inputs, attrs in nodes
+        values = np.concatenate([self.values, other.values])
+        order = np.argsort(rows, kind="stable")  # within a row: this list's values first
+        rows, values = rows[order], values[order]
+        keep = np.zeros(len(rows), bool)
+        if len(rows):
+            keep[np.unique(np.stack([rows, values], 1), axis=0, return_index=True)[1]] = True
+        return _Flat.of(np.bincount(rows[keep], minlength=n), values[keep])
+
+    def lists(self) -> list[list[int]]:
+        values = self.values.tolist()
+        bounds = self.offsets.tolist()
+        return [values[bounds[i] : bounds[i + 1]] for i in range(len(self))]
+
+
+# A file's nodes and their ctrl and data deps.
+_Nodes = tuple[list[_Node], _Flat, _Flat]
+
+
+def read_et(path: Path, raw: bytes | None = None) -> tuple[dict[str, Any], _Nodes]:
+    """The GlobalMetadata attributes and the Nodes of one Chakra protobuf file (decoded in Rust:
+    `tracesim._core.decode_chakra`, src/chakra_pb.rs)."""
+    meta, nodes, (ctrl_off, ctrl, data_off, data) = decode_chakra(
+        _load(path) if raw is None else raw, str(path)
+    )
+    out = [
+        _Node(nid, name, INVALID_NODE if ntype is None else ntype, dur, start, dict(attrs), inputs)
+        for nid, name, ntype, start, dur, inputs, attrs in nodes
     ]
+    flat = [
+        _Flat(np.asarray(o, np.int64), np.asarray(v, np.int64))
+        for o, v in ((ctrl_off, ctrl), (data_off, data))
+    ]
+    return dict(meta), (out, flat[0], flat[1])
 
 
 # ---------------------------------------------------------------------------------------------
@@ -193,29 +254,37 @@ def _ids(v: Any) -> list[int]:
     return [] if x is None or x < 0 else [x]
 
 
-def _chakra_json_nodes(data: dict[str, Any], path: Path) -> list[_Node]:
-    graph = data.get("workload_graph")
-    if not isinstance(graph, list):
-        raise TraceError(f"{path}: Chakra JSON without a 'workload_graph' list")
+def _chakra_json_nodes(graph: Iterator[Any], path: Path) -> _Nodes:
+    """The nodes of a Chakra JSON `workload_graph`, read one at a time (each node's dict is
+    dropped once read), their deps appended to flat arrays."""
     out: list[_Node] = []
     reserved = {"Id", "Name", "NodeType", "data_deps", "ctrlDeps", "ctrl_deps", "runtime"}
+    ctrl, ctrl_len, data, data_len = array("q"), array("q"), array("q"), array("q")
     for i, d in enumerate(graph):
         nid = _int(d.get("Id")) if isinstance(d, dict) else None
         if not isinstance(d, dict) or nid is None:
             raise TraceError(f"{path}: workload_graph[{i}] is not a node with an integer 'Id'")
         n = _Node(nid, str(d.get("Name", "")), _int(d.get("NodeType")) or INVALID_NODE)
-        n.data_deps = _ids(d.get("data_deps"))
-        n.ctrl_deps = _ids(d.get("ctrlDeps", d.get("ctrl_deps")))
+        node_data = _ids(d.get("data_deps"))
+        node_ctrl = _ids(d.get("ctrlDeps", d.get("ctrl_deps")))
+        try:
+            data.extend(node_data)
+            ctrl.extend(node_ctrl)
+        except OverflowError:
+            raise TraceError(f"{path}: workload_graph[{i}] (node {nid}): a dep id beyond int64") from None
+        data_len.append(len(node_data))
+        ctrl_len.append(len(node_ctrl))
         n.dur_us = _int(d.get("runtime"))
         n.attrs = {k: v for k, v in d.items() if k not in reserved}
         out.append(n)
-    return out
+    return out, _Flat.of(ctrl_len, ctrl), _Flat.of(data_len, data)
 
 
 def _read_any(path: Path) -> tuple[str, Any]:
-    """("protobuf", (meta, nodes)) or ("chakra-json" | "pytorch-et", the JSON object). JSON is
-    streamed node by node, and a PyTorch ET keeps of each node only what `_et_ops` reads
-    (`_slim_et_node`): the parsed file would be 6-8x its size in Python objects."""
+    """("protobuf", (meta, nodes)), ("chakra-json", the JSON object with its `workload_graph` as
+    `_Nodes`) or ("pytorch-et", the JSON object). JSON is streamed node by node, and a PyTorch ET
+    keeps of each node only what `_et_ops` reads (`_slim_et_node`): the parsed file would be 6-8x
+    its size in Python objects."""
     if not _starts_like_json(path):
         return "protobuf", read_et(path)
     json_error: TraceError | None = None
@@ -225,12 +294,15 @@ def _read_any(path: Path) -> tuple[str, Any]:
         json_error = e  # or a protobuf file whose first byte is '{' or '[' (tried next)
     else:
         if nodes.is_object:
-            slim = nodes.key == "nodes"
-            items = [_slim_et_node(d) if slim else d for d in nodes]
+            items: Any
+            if nodes.key == "workload_graph":
+                items = _chakra_json_nodes(iter(nodes), path)
+            else:
+                items = [_slim_et_node(d) for d in nodes]
             data = nodes.header()
             if nodes.key is not None:
                 data[nodes.key] = items
-            if "workload_graph" in data:  # a list or not (`_chakra_json_nodes` says which)
+            if "workload_graph" in data:  # read, or not a list (the mapper says so)
                 return "chakra-json", data
             if isinstance(data.get("nodes"), list):
                 return "pytorch-et", data
@@ -293,7 +365,6 @@ class _Op:
     name: str
     kind: str
     dur: int | None
-    deps: list[int]  # node ids (same rank)
     category: str | None = None
     flops: float | None = None
     bytes_read: int | None = None
@@ -318,8 +389,12 @@ class _Rank:
     fmt: str
     source_rank: int
     ops: dict[int, _Op] = field(default_factory=dict)
-    dropped: dict[int, list[int]] = field(default_factory=dict)  # dropped node id → its deps
+    # Deps (node ids, same rank) of the ops, in `ops` order; dropped nodes' ids and their deps.
+    op_deps: _Flat = field(default_factory=lambda: _Flat.of([], []))
+    dropped_ids: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))
+    dropped_deps: _Flat = field(default_factory=lambda: _Flat.of([], []))
     pg_ranks: dict[str, tuple[int, ...]] = field(default_factory=dict)
+    deps: _Flat = field(default_factory=lambda: _Flat.of([], []))  # resolved: indices into `ops`
     order: list[int] = field(default_factory=list)  # topological order of kept node ids
 
 
@@ -351,21 +426,18 @@ def _pg_config(text: str, into: dict[str, tuple[int, ...]], alias: dict[int, str
     return found
 
 
-def _chakra_ops(r: _Rank, rank: int, nodes: list[_Node], report: ChakraReport, dep_mode: DepMode) -> None:
+def _chakra_ops(r: _Rank, rank: int, graph: _Nodes, report: ChakraReport, dep_mode: DepMode) -> None:
+    nodes, ctrl, data = graph
+    deps = data if dep_mode == "data" else ctrl if dep_mode == "ctrl" else data.union(ctrl)
+    kept: list[int] = []  # rows of the nodes made ops, and of the dropped ones
+    dropped: list[int] = []
     seen: set[int] = set()
-    for n in nodes:
+    for row, n in enumerate(nodes):
         if n.nid in seen:
             raise TraceError(f"{r.path}: duplicate node id {n.nid}")
         seen.add(n.nid)
         tname = NODE_TYPE_NAMES.get(n.ntype, f"unknown NodeType {n.ntype}")
         report.nodes_by_type[tname] += 1
-        deps = (
-            n.data_deps
-            if dep_mode == "data"
-            else n.ctrl_deps
-            if dep_mode == "ctrl"
-            else list(dict.fromkeys(n.data_deps + n.ctrl_deps))
-        )
         if n.ntype not in (
             MEM_LOAD_NODE,
             MEM_STORE_NODE,
@@ -376,7 +448,7 @@ def _chakra_ops(r: _Rank, rank: int, nodes: list[_Node], report: ChakraReport, d
         ):
             if n.ntype == METADATA_NODE:
                 _pg_config(n.inputs, r.pg_ranks)
-            r.dropped[n.nid] = deps
+            dropped.append(row)
             report.unmapped[f"{tname} (dropped; deps reconnected)"] += 1
             continue
         a = n.attrs
@@ -384,7 +456,7 @@ def _chakra_ops(r: _Rank, rank: int, nodes: list[_Node], report: ChakraReport, d
         tid = a.get("tid", a.get("stream"))
         base = "host" if cpu else "compute"
         dur = None if n.dur_us is None else n.dur_us * 1000
-        op = _Op(n.nid, rank, ("cpu" if cpu else "gpu", tid), n.name, base, dur, list(deps))
+        op = _Op(n.nid, rank, ("cpu" if cpu else "gpu", tid), n.name, base, dur)
         op.fallback_kind = base
         op.start = None if n.start_us is None else n.start_us * 1000
         size = _int(a.get("tensor_size"))
@@ -426,6 +498,13 @@ def _chakra_ops(r: _Rank, rank: int, nodes: list[_Node], report: ChakraReport, d
                     op.comm_bytes = max(size or 0, 0)
                     op.kind = "send" if n.ntype == COMM_SEND_NODE else "recv"
         r.ops[n.nid] = op
+        kept.append(row)
+    r.op_deps = deps.select(np.array(kept, np.int64))
+    r.dropped_deps = deps.select(np.array(dropped, np.int64))
+    try:
+        r.dropped_ids = np.fromiter((nodes[i].nid for i in dropped), np.int64, len(dropped))
+    except OverflowError:
+        raise TraceError(f"{r.path}: a node id beyond int64 (-2^63..2^63-1)") from None
 
 
 ET_ROOTS = ("[pytorch|profiler|execution_trace|", "[pytorch|profiler|execution_graph|")
@@ -489,6 +568,7 @@ def _et_ops(r: _Rank, rank: int, data: dict[str, Any], report: ChakraReport) -> 
     backend_alias: dict[int, str] = {}
 
     tops: dict[int, int | None] = {}  # node → its top-level operator (memo of `top_of`)
+    launched_by: dict[int, int] = {}  # collective → the top-level operator it depends on
 
     def top_of(nid: int) -> int | None:
         """The ancestor of `nid` (or itself) whose parent is a thread root; None outside threads."""
@@ -535,7 +615,7 @@ def _et_ops(r: _Rank, rank: int, data: dict[str, Any], report: ChakraReport) -> 
             p = parent[nid]
             assert p is not None
             tkey = ("thread", _et_attrs(by_id[p]).get("tid", p))
-            r.ops[nid] = _Op(nid, rank, tkey, name, "host", None, [], fallback_kind="host")
+            r.ops[nid] = _Op(nid, rank, tkey, name, "host", None, fallback_kind="host")
             continue
         if name != "record_param_comms":
             report.unmapped[
@@ -574,50 +654,42 @@ def _et_ops(r: _Rank, rank: int, data: dict[str, Any], report: ChakraReport) -> 
             ranks = tuple(start + stride * i for i in range(size))
         if ranks is None and len(vals) > 7 and _int(vals[-1]) is not None and (_int(vals[-1]) or 0) > 0:
             ranks = tuple(range(_int(vals[-1]) or 0))
-        op = _Op(nid, rank, ("comm",), name, "compute", None, [], category="communication")
+        op = _Op(nid, rank, ("comm",), name, "compute", None, category="communication")
         if top is not None:
-            op.deps = [top]  # launched by its top-level operator (ET records no GPU timing)
+            launched_by[nid] = top  # its top-level operator (ET records no GPU timing)
             op.name = f"{by_id[top].get('name', name)} [{coll}]"
         op.coll, op.comm_bytes, op.group_key = coll, nbytes, (pgs, ranks)
         op.dtype = FORMAT_DTYPE.get(dtype)
         r.ops[nid] = op
+    r.op_deps = _Flat.of_lists([[launched_by[nid]] if nid in launched_by else [] for nid in r.ops])
 
 
 def _resolve_deps(r: _Rank, report: ChakraReport) -> None:
-    """Deps only to kept nodes: through dropped nodes transitively (a chain of any length),
-    unknown ids counted; then `r.order`, Kahn's order with the lowest node id first among the
-    ready nodes (the Chakra feeder's order). In Rust: `tracesim._core.resolve_chakra_deps`."""
-    ops = list(r.ops.values())
-    dropped = r.dropped
+    """`r.deps`: the ops' deps only to kept nodes, through dropped nodes transitively (a chain of
+    any length), unknown ids counted; then `r.order`, Kahn's order with the lowest node id first
+    among the ready nodes (the Chakra feeder's order). In Rust: `tracesim._core.resolve_chakra_deps`."""
     try:
-        ids = np.fromiter((op.nid for op in ops), np.int64, len(ops))
-        lens = np.fromiter((len(op.deps) for op in ops), np.int64, len(ops))
-        deps = np.fromiter(chain.from_iterable(op.deps for op in ops), np.int64, int(lens.sum()))
-        d_ids = np.fromiter(dropped, np.int64, len(dropped))
-        d_lens = np.fromiter(map(len, dropped.values()), np.int64, len(dropped))
-        d_deps = np.fromiter(chain.from_iterable(dropped.values()), np.int64, int(d_lens.sum()))
+        ids = np.fromiter(r.ops, np.int64, len(r.ops))
     except OverflowError:
-        raise TraceError(f"{r.path}: a node id or dep beyond int64 (-2^63..2^63-1)") from None
-
-    def offsets(lengths: np.ndarray) -> pa.Array:
-        out = np.zeros(len(lengths) + 1, np.int64)
-        np.cumsum(lengths, out=out[1:])
-        return pa.array(out)
-
+        raise TraceError(f"{r.path}: a node id beyond int64 (-2^63..2^63-1)") from None
+    deps, dropped = r.op_deps, r.dropped_deps
     resolved, stuck = resolve_chakra_deps(
-        pa.array(ids), offsets(lens), pa.array(deps), pa.array(d_ids), offsets(d_lens), pa.array(d_deps)
+        pa.array(ids),
+        pa.array(deps.offsets),
+        pa.array(deps.values),
+        pa.array(r.dropped_ids),
+        pa.array(dropped.offsets),
+        pa.array(dropped.values),
     )
     if resolved is None:
         raise TraceError(
             f"{r.path}: dependency cycle among {len(stuck)} nodes (node ids {stuck[:10]}"
             f"{' …' if len(stuck) > 10 else ''})"
         )
-    off, flat, order, reconnected, outside = resolved
-    nids = ids.tolist()
-    flat_ids = [nids[k] for k in flat]
-    for i, op in enumerate(ops):
-        op.deps = flat_ids[off[i] : off[i + 1]]
-    r.order = [nids[k] for k in order]
+    offsets, flat, order, reconnected, outside = resolved
+    r.deps = _Flat(offsets.to_numpy(), flat.to_numpy())
+    r.order = ids[order.to_numpy()].tolist()
+    r.op_deps = r.dropped_deps = _Flat.of([], [])  # resolved: no longer needed
     report.deps += len(flat)
     report.deps_reconnected += reconnected
     report.deps_outside_file += outside
@@ -712,7 +784,6 @@ def _build(ranks: list[_Rank], groups_by_id: dict[int, tuple[str, list[int]]], s
             op.stream_key = (streams[op.stream_key],)
     for k, op in enumerate(order):
         op.op_id = k
-    ids = [{nid: op.op_id for nid, op in r.ops.items()} for r in ranks]
     coll = [o.kind == "collective" for o in order]
     p2p = [o.kind in ("send", "recv") for o in order]
     table = _ops_table(
@@ -729,7 +800,7 @@ def _build(ranks: list[_Rank], groups_by_id: dict[int, tuple[str, list[int]]], s
             "bytes_written": [o.bytes_written for o in order],
             "duration_ns": [o.dur for o in order],
             "start_ns": [o.start for o in order],
-            "deps": _deps_column(order, ids),
+            "deps": _deps_column(ranks),
             "coll": [o.coll if c else None for o, c in zip(order, coll, strict=True)],
             "group_id": [o.group_id if c else None for o, c in zip(order, coll, strict=True)],
             "coll_seq": [o.coll_seq if c else None for o, c in zip(order, coll, strict=True)],
@@ -754,15 +825,19 @@ def _build(ranks: list[_Rank], groups_by_id: dict[int, tuple[str, list[int]]], s
     )
 
 
-def _deps_column(order: list[_Op], ids: list[dict[int, int]]) -> pa.Array:
-    """The ops' deps as op ids, one list per op, built flat (a trace has ~50 deps per op)."""
-    lengths = np.fromiter((len(o.deps) for o in order), np.int64, len(order))
-    flat = np.fromiter(
-        chain.from_iterable(map(ids[o.rank].__getitem__, o.deps) for o in order), np.int64, int(lengths.sum())
-    )
-    offsets = np.zeros(len(order) + 1, np.int64)
-    np.cumsum(lengths, out=offsets[1:])
-    return pa.LargeListArray.from_arrays(pa.array(offsets), pa.array(flat)).cast(OP_COLUMN_TYPES["deps"])
+def _deps_column(ranks: list[_Rank]) -> pa.Array:
+    """The ops' deps as op ids, in op_id order: from each rank's resolved deps (indices into its
+    ops), without a Python object per dep (a trace has tens of deps per op)."""
+    lists, op_ids = [], []
+    for r in ranks:
+        op_id = np.fromiter((op.op_id for op in r.ops.values()), np.int64, len(r.ops))
+        lists.append(pa.LargeListArray.from_arrays(pa.array(r.deps.offsets), pa.array(op_id[r.deps.values])))
+        op_ids.append(op_id)
+    by_op_id = np.empty(sum(map(len, op_ids)), np.int64)  # op_id → row among the ranks' ops
+    if len(by_op_id):
+        by_op_id[np.concatenate(op_ids)] = np.arange(len(by_op_id))
+    deps = pa.chunked_array(lists, pa.large_list(pa.int64())).combine_chunks().take(pa.array(by_op_id))
+    return deps.cast(OP_COLUMN_TYPES["deps"])
 
 
 def _peer_index(ranks: list[_Rank], source_rank: int) -> int:
@@ -818,13 +893,15 @@ def _ingest(
         used.add(src)
         r = _Rank(path, fmt, src)
         if fmt == "protobuf":
-            _meta, nodes = data
-            report.nodes += len(nodes)
-            _chakra_ops(r, order, nodes, report, dep_mode)
+            _meta, graph = data
+            report.nodes += len(graph[0])
+            _chakra_ops(r, order, graph, report, dep_mode)
         elif fmt == "chakra-json":
-            nodes = _chakra_json_nodes(data, path)
-            report.nodes += len(nodes)
-            _chakra_ops(r, order, nodes, report, dep_mode)
+            graph = data.get("workload_graph")
+            if not isinstance(graph, tuple):
+                raise TraceError(f"{path}: Chakra JSON without a 'workload_graph' list")
+            report.nodes += len(graph[0])
+            _chakra_ops(r, order, graph, report, dep_mode)
         else:
             report.nodes += len(data["nodes"])
             _et_ops(r, order, data, report)
