@@ -36,7 +36,7 @@ import json
 import re
 from array import array
 from collections import Counter, defaultdict
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from itertools import chain
 from pathlib import Path
@@ -210,8 +210,14 @@ class _Flat:
         return [values[bounds[i] : bounds[i + 1]] for i in range(len(self))]
 
 
-# A file's nodes and their ctrl and data deps.
-_Nodes = tuple[list[_Node], _Flat, _Flat]
+class _Nodes:
+    """A file's nodes, to be read once, in order (`_Node`s are not kept: a file may have millions),
+    then their ctrl and data deps (`_Flat`), complete once the nodes have been read."""
+
+    def __init__(self, nodes: Iterable[_Node], ctrl: _Flat | None = None, data: _Flat | None = None) -> None:
+        self.nodes = iter(nodes)
+        self.ctrl = ctrl
+        self.data = data
 
 
 def read_et(path: Path, raw: bytes | None = None) -> tuple[dict[str, Any], _Nodes]:
@@ -220,15 +226,15 @@ def read_et(path: Path, raw: bytes | None = None) -> tuple[dict[str, Any], _Node
     meta, nodes, (ctrl_off, ctrl, data_off, data) = decode_chakra(
         _load(path) if raw is None else raw, str(path)
     )
-    out = [
+    out = (
         _Node(nid, name, INVALID_NODE if ntype is None else ntype, dur, start, dict(attrs), inputs)
         for nid, name, ntype, start, dur, inputs, attrs in nodes
-    ]
+    )
     flat = [
         _Flat(np.asarray(o, np.int64), np.asarray(v, np.int64))
         for o, v in ((ctrl_off, ctrl), (data_off, data))
     ]
-    return dict(meta), (out, flat[0], flat[1])
+    return dict(meta), _Nodes(out, flat[0], flat[1])
 
 
 # ---------------------------------------------------------------------------------------------
@@ -254,30 +260,37 @@ def _ids(v: Any) -> list[int]:
     return [] if x is None or x < 0 else [x]
 
 
-def _chakra_json_nodes(graph: Iterator[Any], path: Path) -> _Nodes:
-    """The nodes of a Chakra JSON `workload_graph`, read one at a time (each node's dict is
-    dropped once read), their deps appended to flat arrays."""
-    out: list[_Node] = []
+def _chakra_json_nodes(stream: _JsonList, path: Path) -> _Nodes:
+    """The nodes of a Chakra JSON `workload_graph`, read one at a time as they are mapped (each
+    node's dict dropped once read), their deps appended to flat arrays; then the rest of the
+    file is read (a malformed end is an error too)."""
+    graph = _Nodes(())
     reserved = {"Id", "Name", "NodeType", "data_deps", "ctrlDeps", "ctrl_deps", "runtime"}
-    ctrl, ctrl_len, data, data_len = array("q"), array("q"), array("q"), array("q")
-    for i, d in enumerate(graph):
-        nid = _int(d.get("Id")) if isinstance(d, dict) else None
-        if not isinstance(d, dict) or nid is None:
-            raise TraceError(f"{path}: workload_graph[{i}] is not a node with an integer 'Id'")
-        n = _Node(nid, str(d.get("Name", "")), _int(d.get("NodeType")) or INVALID_NODE)
-        node_data = _ids(d.get("data_deps"))
-        node_ctrl = _ids(d.get("ctrlDeps", d.get("ctrl_deps")))
-        try:
-            data.extend(node_data)
-            ctrl.extend(node_ctrl)
-        except OverflowError:
-            raise TraceError(f"{path}: workload_graph[{i}] (node {nid}): a dep id beyond int64") from None
-        data_len.append(len(node_data))
-        ctrl_len.append(len(node_ctrl))
-        n.dur_us = _int(d.get("runtime"))
-        n.attrs = {k: v for k, v in d.items() if k not in reserved}
-        out.append(n)
-    return out, _Flat.of(ctrl_len, ctrl), _Flat.of(data_len, data)
+
+    def read() -> Iterator[_Node]:
+        ctrl, ctrl_len, data, data_len = array("q"), array("q"), array("q"), array("q")
+        for i, d in enumerate(stream):
+            nid = _int(d.get("Id")) if isinstance(d, dict) else None
+            if not isinstance(d, dict) or nid is None:
+                raise TraceError(f"{path}: workload_graph[{i}] is not a node with an integer 'Id'")
+            n = _Node(nid, str(d.get("Name", "")), _int(d.get("NodeType")) or INVALID_NODE)
+            node_data = _ids(d.get("data_deps"))
+            node_ctrl = _ids(d.get("ctrlDeps", d.get("ctrl_deps")))
+            try:
+                data.extend(node_data)
+                ctrl.extend(node_ctrl)
+            except OverflowError:
+                raise TraceError(f"{path}: workload_graph[{i}] (node {nid}): a dep id beyond int64") from None
+            data_len.append(len(node_data))
+            ctrl_len.append(len(node_ctrl))
+            n.dur_us = _int(d.get("runtime"))
+            n.attrs = {k: v for k, v in d.items() if k not in reserved}
+            yield n
+        stream.header()
+        graph.ctrl, graph.data = _Flat.of(ctrl_len, ctrl), _Flat.of(data_len, data)
+
+    graph.nodes = read()
+    return graph
 
 
 def _read_any(path: Path) -> tuple[str, Any]:
@@ -294,11 +307,9 @@ def _read_any(path: Path) -> tuple[str, Any]:
         json_error = e  # or a protobuf file whose first byte is '{' or '[' (tried next)
     else:
         if nodes.is_object:
-            items: Any
-            if nodes.key == "workload_graph":
-                items = _chakra_json_nodes(iter(nodes), path)
-            else:
-                items = [_slim_et_node(d) for d in nodes]
+            if nodes.key == "workload_graph":  # read as it is mapped
+                return "chakra-json", {"workload_graph": _chakra_json_nodes(nodes, path)}
+            items = [_slim_et_node(d) for d in nodes]
             data = nodes.header()
             if nodes.key is not None:
                 data[nodes.key] = items
@@ -427,12 +438,12 @@ def _pg_config(text: str, into: dict[str, tuple[int, ...]], alias: dict[int, str
 
 
 def _chakra_ops(r: _Rank, rank: int, graph: _Nodes, report: ChakraReport, dep_mode: DepMode) -> None:
-    nodes, ctrl, data = graph
-    deps = data if dep_mode == "data" else ctrl if dep_mode == "ctrl" else data.union(ctrl)
-    kept: list[int] = []  # rows of the nodes made ops, and of the dropped ones
+    kept: list[int] = []  # rows of the nodes made ops, and of the dropped ones (with their ids)
     dropped: list[int] = []
+    dropped_ids = array("q")
     seen: set[int] = set()
-    for row, n in enumerate(nodes):
+    for row, n in enumerate(graph.nodes):
+        report.nodes += 1
         if n.nid in seen:
             raise TraceError(f"{r.path}: duplicate node id {n.nid}")
         seen.add(n.nid)
@@ -449,6 +460,10 @@ def _chakra_ops(r: _Rank, rank: int, graph: _Nodes, report: ChakraReport, dep_mo
             if n.ntype == METADATA_NODE:
                 _pg_config(n.inputs, r.pg_ranks)
             dropped.append(row)
+            try:
+                dropped_ids.append(n.nid)
+            except OverflowError:
+                raise TraceError(f"{r.path}: node id {n.nid} beyond int64 (-2^63..2^63-1)") from None
             report.unmapped[f"{tname} (dropped; deps reconnected)"] += 1
             continue
         a = n.attrs
@@ -499,12 +514,13 @@ def _chakra_ops(r: _Rank, rank: int, graph: _Nodes, report: ChakraReport, dep_mo
                     op.kind = "send" if n.ntype == COMM_SEND_NODE else "recv"
         r.ops[n.nid] = op
         kept.append(row)
+    ctrl, data = graph.ctrl, graph.data
+    assert ctrl is not None and data is not None  # complete: the nodes have been read
+    deps = data if dep_mode == "data" else ctrl if dep_mode == "ctrl" else data.union(ctrl)
+    graph.ctrl = graph.data = None
     r.op_deps = deps.select(np.array(kept, np.int64))
     r.dropped_deps = deps.select(np.array(dropped, np.int64))
-    try:
-        r.dropped_ids = np.fromiter((nodes[i].nid for i in dropped), np.int64, len(dropped))
-    except OverflowError:
-        raise TraceError(f"{r.path}: a node id beyond int64 (-2^63..2^63-1)") from None
+    r.dropped_ids = np.frombuffer(dropped_ids, np.int64).copy()
 
 
 ET_ROOTS = ("[pytorch|profiler|execution_trace|", "[pytorch|profiler|execution_graph|")
@@ -893,18 +909,15 @@ def _ingest(
         used.add(src)
         r = _Rank(path, fmt, src)
         if fmt == "protobuf":
-            _meta, graph = data
-            report.nodes += len(graph[0])
-            _chakra_ops(r, order, graph, report, dep_mode)
+            _chakra_ops(r, order, data[1], report, dep_mode)
         elif fmt == "chakra-json":
-            graph = data.get("workload_graph")
-            if not isinstance(graph, tuple):
+            if not isinstance(data.get("workload_graph"), _Nodes):
                 raise TraceError(f"{path}: Chakra JSON without a 'workload_graph' list")
-            report.nodes += len(graph[0])
-            _chakra_ops(r, order, graph, report, dep_mode)
+            _chakra_ops(r, order, data["workload_graph"], report, dep_mode)
         else:
             report.nodes += len(data["nodes"])
             _et_ops(r, order, data, report)
+        del data  # the nodes and their deps are mapped: free them before the next file
         _resolve_deps(r, report)
         ranks.append(r)
         report.files.append(str(path))
