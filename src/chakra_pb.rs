@@ -35,8 +35,11 @@ pub struct PbNode {
     pub attrs: Vec<(String, AttrValue)>,
 }
 
+/// Attributes (name, value) in record order.
+pub type Attrs = Vec<(String, AttrValue)>;
+
 /// The metadata attributes and the nodes of a file.
-pub type Decoded = (Vec<(String, AttrValue)>, Vec<PbNode>);
+pub type Decoded = (Attrs, Vec<PbNode>);
 
 /// A wire-format error: (byte offset, what).
 pub type WireError = (usize, String);
@@ -251,15 +254,41 @@ fn node(s: usize, e: usize, buf: &[u8]) -> Result<PbNode, WireError> {
 /// The GlobalMetadata attributes (with `version`) and the nodes of a Chakra protobuf file; an
 /// error gives the byte offset, except for an empty file (None).
 pub fn decode(buf: &[u8]) -> Result<Decoded, (Option<usize>, String)> {
-    decode_records(buf)
-        .map_err(|(at, what)| (Some(at), what))?
-        .ok_or_else(|| (None, "empty file (no GlobalMetadata record)".to_owned()))
+    let mut nodes = Vec::new();
+    let meta = decode_each(buf, |n| {
+        nodes.push(n);
+        Ok(())
+    })?;
+    Ok((meta, nodes))
 }
 
-fn decode_records(buf: &[u8]) -> Result<Option<Decoded>, WireError> {
+/// As [`decode`], each node handed to `each` as it is decoded (an error from `each` stops it).
+pub fn decode_each(
+    buf: &[u8],
+    each: impl FnMut(PbNode) -> Result<(), String>,
+) -> Result<Attrs, (Option<usize>, String)> {
+    match decode_records(buf, each) {
+        Ok(Some(meta)) => Ok(meta),
+        Ok(None) => Err((None, "empty file (no GlobalMetadata record)".to_owned())),
+        Err(Stop::Wire(at, what)) => Err((Some(at), what)),
+        Err(Stop::Node(what)) => Err((None, what)),
+    }
+}
+
+enum Stop {
+    Wire(usize, String),
+    Node(String),
+}
+
+impl From<WireError> for Stop {
+    fn from((at, what): WireError) -> Self {
+        Stop::Wire(at, what)
+    }
+}
+
+fn decode_records(buf: &[u8], mut each: impl FnMut(PbNode) -> Result<(), String>) -> Result<Option<Attrs>, Stop> {
     let mut w = Wire::new(buf, 0, buf.len());
     let mut meta: Option<Vec<(String, AttrValue)>> = None;
-    let mut nodes = Vec::new();
     while w.pos < w.end {
         let at = w.pos;
         let n = w.varint()?;
@@ -285,10 +314,10 @@ fn decode_records(buf: &[u8]) -> Result<Option<Decoded>, WireError> {
                 }
                 meta = Some(m);
             }
-            Some(_) => nodes.push(node(s, e, buf)?),
+            Some(_) => each(node(s, e, buf)?).map_err(Stop::Node)?,
         }
     }
-    Ok(meta.map(|m| (m, nodes)))
+    Ok(meta)
 }
 
 #[cfg(test)]

@@ -10,6 +10,7 @@
 
 mod bulk;
 pub mod chakra_deps;
+pub mod chakra_nodes;
 pub mod chakra_pb;
 pub mod engine;
 pub mod error;

@@ -14,6 +14,7 @@ __all__ = [
     "kineto_innermost",
     "map_kineto_rank",
     "op_times",
+    "read_chakra_json",
     "read_et_nodes",
     "read_kineto_file",
     "resolve_chakra_deps",
@@ -57,7 +58,10 @@ def map_kineto_rank(
 ) -> tuple[pa.RecordBatch, list[tuple[str, int]]]: ...
 def decode_chakra(
     data: bytes, path: str
-) -> tuple[list[tuple[str, Any]], list[tuple[Any, ...]], tuple[pa.Array, pa.Array, pa.Array, pa.Array]]: ...
+) -> tuple[list[tuple[str, Any]], pa.RecordBatch, tuple[pa.Array, pa.Array, pa.Array, pa.Array]]: ...
+def read_chakra_json(
+    path: str | os.PathLike[str],
+) -> tuple[list[tuple[str, str]], pa.RecordBatch, tuple[pa.Array, pa.Array, pa.Array, pa.Array]]: ...
 def resolve_chakra_deps(
     ids: pa.Array,
     dep_offsets: pa.Array,

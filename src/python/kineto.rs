@@ -310,58 +310,73 @@ fn attrs<'py>(py: Python<'py>, attrs: &[(String, crate::chakra_pb::AttrValue)]) 
     Ok(pyo3::types::PyList::new(py, pairs)?.into_any())
 }
 
-/// (metadata, nodes, deps): see `decode_chakra`.
+/// (metadata or header, nodes, deps): see `decode_chakra`.
 type ChakraNodes<'py> = (Bound<'py, PyAny>, Bound<'py, PyAny>, Bound<'py, PyAny>);
 
-/// Decodes a Chakra protobuf file's bytes (`crate::chakra_pb`): ([(metadata attribute, value)],
-/// [(id, name, node type or None, start µs, duration µs, inputs, [(attribute, value)])], deps),
-/// deps the int64 pyarrow arrays (ctrl offsets, ctrl, data offsets, data): node i's ctrl deps are
-/// `ctrl[ctrl_offsets[i]:ctrl_offsets[i + 1]]`. A malformed file raises TraceError naming `path`
-/// and the byte offset; so does a dep id beyond int64.
+/// The node columns as Python values: (RecordBatch, (ctrl offsets, ctrl, data offsets, data)).
+fn node_columns<'py>(
+    py: Python<'py>,
+    c: crate::chakra_nodes::NodeColumns,
+) -> PyResult<(Bound<'py, PyAny>, Bound<'py, PyAny>)> {
+    use arrow_array::{BooleanArray as Bools, Float64Array, StringArray};
+    let ints = |v: Vec<Option<i64>>| -> ArrayRef { Arc::new(Int64Array::from(v)) };
+    let strs = |v: Vec<Option<String>>| -> ArrayRef { Arc::new(StringArray::from(v)) };
+    let batch = batch_of(vec![
+        ("id", Arc::new(Int64Array::from(c.id))),
+        ("name", Arc::new(StringArray::from(c.name))),
+        ("node_type", Arc::new(Int64Array::from(c.node_type))),
+        ("dur_ns", ints(c.dur_ns)),
+        ("start_ns", ints(c.start_ns)),
+        ("is_cpu", Arc::new(Bools::from(c.is_cpu))),
+        ("thread", strs(c.thread)),
+        ("flops", Arc::new(Float64Array::from(c.flops))),
+        ("tensor_size", ints(c.tensor_size)),
+        ("comm_size", ints(c.comm_size)),
+        ("comm_type", ints(c.comm_type)),
+        ("comm_dst", ints(c.comm_dst)),
+        ("comm_src", ints(c.comm_src)),
+        ("pg_name", strs(c.pg_name)),
+        ("inputs", strs(c.inputs)),
+    ])?;
+    let deps = [c.ctrl.offsets, c.ctrl.values, c.data.offsets, c.data.values]
+        .into_iter()
+        .map(|v| int64_array(py, v))
+        .collect::<PyResult<Vec<_>>>()?;
+    Ok((
+        PyRecordBatch::new(batch).into_pyarrow(py)?,
+        pyo3::types::PyTuple::new(py, deps)?.into_any(),
+    ))
+}
+
+/// Decodes a Chakra protobuf file's bytes (`crate::chakra_pb`) into node columns
+/// (`crate::chakra_nodes`): ([(metadata attribute, value)], nodes RecordBatch, (ctrl offsets,
+/// ctrl, data offsets, data) int64 pyarrow arrays: node i's ctrl deps are
+/// `ctrl[ctrl_offsets[i]:ctrl_offsets[i + 1]]`). A malformed file raises TraceError naming `path`
+/// and the byte offset; so does an id, a dep or a time beyond int64 (naming the node).
 #[pyfunction]
 pub fn decode_chakra<'py>(py: Python<'py>, data: &[u8], path: &str) -> PyResult<ChakraNodes<'py>> {
-    let (meta, nodes) = py
-        .detach(|| crate::chakra_pb::decode(data))
+    let mut cols = crate::chakra_nodes::NodeColumns::new();
+    let meta = py
+        .detach(|| crate::chakra_pb::decode_each(data, |n| cols.push(n)))
         .map_err(|(at, what)| match at {
             Some(at) => TraceError::new_err(format!("{path}: byte offset {at}: {what}")),
             None => TraceError::new_err(format!("{path}: {what}")),
         })?;
     let meta = attrs(py, &meta)?;
-    let mut out = Vec::with_capacity(nodes.len());
-    let (mut ctrl_off, mut ctrl, mut data_off, mut data) = (vec![0i64], Vec::new(), vec![0i64], Vec::new());
-    for n in &nodes {
-        for (src, off, vals) in [
-            (&n.ctrl_deps, &mut ctrl_off, &mut ctrl),
-            (&n.data_deps, &mut data_off, &mut data),
-        ] {
-            for &d in src {
-                vals.push(
-                    i64::try_from(d)
-                        .map_err(|_| TraceError::new_err(format!("{path}: node {}: dep {d} beyond int64", n.id)))?,
-                );
-            }
-            off.push(vals.len() as i64);
-        }
-        let item = (
-            n.id,
-            n.name.as_str(),
-            n.node_type,
-            n.start_us,
-            n.dur_us,
-            n.inputs.as_str(),
-            attrs(py, &n.attrs)?,
-        );
-        out.push(item.into_pyobject(py)?.into_any());
-    }
-    let deps = [ctrl_off, ctrl, data_off, data]
-        .into_iter()
-        .map(|v| int64_array(py, v))
-        .collect::<PyResult<Vec<_>>>()?;
-    Ok((
-        meta,
-        pyo3::types::PyList::new(py, out)?.into_any(),
-        pyo3::types::PyTuple::new(py, deps)?.into_any(),
-    ))
+    let (nodes, deps) = node_columns(py, cols)?;
+    Ok((meta, nodes, deps))
+}
+
+/// The nodes of a Chakra JSON file (`workload_graph`), streamed into node columns: ([(other
+/// top-level key, JSON text)], nodes, deps) as `decode_chakra` gives them.
+#[pyfunction]
+pub fn read_chakra_json(py: Python<'_>, path: PathBuf) -> PyResult<ChakraNodes<'_>> {
+    let mut cols = crate::chakra_nodes::NodeColumns::new();
+    let header = py
+        .detach(|| crate::chakra_nodes::read_chakra_json(&path, |n| cols.push(n)))
+        .map_err(TraceError::new_err)?;
+    let (nodes, deps) = node_columns(py, cols)?;
+    Ok((pyo3::types::PyList::new(py, header)?.into_any(), nodes, deps))
 }
 
 /// An int64 pyarrow array's values (no nulls).

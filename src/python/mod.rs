@@ -266,6 +266,7 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(kineto::kineto_innermost, m)?)?;
     m.add_function(wrap_pyfunction!(kineto::read_et_nodes, m)?)?;
     m.add_function(wrap_pyfunction!(kineto::decode_chakra, m)?)?;
+    m.add_function(wrap_pyfunction!(kineto::read_chakra_json, m)?)?;
     m.add_function(wrap_pyfunction!(kineto::resolve_chakra_deps, m)?)?;
     m.add_class::<kineto::JsonListReader>()?;
     errors::register(m)?;

@@ -12,7 +12,9 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Protocol, TypeVar
 
+import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from tracesim import format
 from tracesim._core import JsonListReader
@@ -272,3 +274,37 @@ def _to_trace(
         validate=True,
         source_ranks=source_ranks,
     )
+
+
+def _codes(col: pa.Array | pa.ChunkedArray) -> tuple[np.ndarray, list[Any]]:
+    """A string column as (per row, the index of its value, -1 for null; the distinct values)."""
+    if isinstance(col, pa.ChunkedArray):
+        col = col.combine_chunks()
+    if not pa.types.is_dictionary(col.type):
+        col = pc.dictionary_encode(col)
+    idx = pc.fill_null(col.indices, -1).to_numpy(zero_copy_only=False).astype(np.int64)
+    return idx, col.dictionary.to_pylist()
+
+
+def _counted(
+    counter: Counter[str],
+    words: Sequence[str],
+    codes: np.ndarray,
+    order: np.ndarray,
+    counts: np.ndarray | None = None,
+) -> None:
+    """Adds counts[i] (default 1) to counter[words[codes[i]]], words in the order of the least
+    `order` of their rows (the first op each was seen at), so that the report lists ties as they
+    were met; a word with a count of 0 is listed too."""
+    if not len(codes):
+        return
+    if counts is None:
+        counts = np.ones(len(codes), np.int64)
+    uniq, inv = np.unique(codes, return_inverse=True)
+    inv = inv.reshape(-1)
+    total = np.zeros(len(uniq), np.int64)
+    np.add.at(total, inv, counts)
+    first = np.full(len(uniq), np.iinfo(np.int64).max)
+    np.minimum.at(first, inv, order)
+    for i in np.argsort(first, kind="stable").tolist():
+        counter[words[int(uniq[i])]] += int(total[i])

@@ -34,9 +34,8 @@ from __future__ import annotations
 
 import json
 import re
-from array import array
 from collections import Counter, defaultdict
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from itertools import chain
 from pathlib import Path
@@ -44,8 +43,9 @@ from typing import Any, Literal
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 
-from tracesim._core import decode_chakra, resolve_chakra_deps
+from tracesim._core import decode_chakra, read_chakra_json, resolve_chakra_deps
 from tracesim.exceptions import TraceError
 from tracesim.ingest._common import (
     COLL_NAMES,
@@ -55,12 +55,13 @@ from tracesim.ingest._common import (
     OP_COLUMN_TYPES,
     OUTSIDE_GROUP,
     _category,
+    _codes,
+    _counted,
     _counter_lines,
     _JsonList,
     _load,
     _match_by_seq,
     _no_cyclic_gc,
-    _ops_table,
     _problem_lines,
     _starts_like_json,
     _to_trace,
@@ -145,19 +146,6 @@ class ChakraReport:
 # Protobuf wire format: decoded in Rust (`tracesim._core.decode_chakra`, src/chakra_pb.rs)
 
 
-@dataclass(slots=True)
-class _Node:
-    """One graph node as read from either Chakra format (its deps are kept apart, flat: `_Flat`)."""
-
-    nid: int
-    name: str
-    ntype: int
-    dur_us: int | None = None
-    start_us: int | None = None
-    attrs: dict[str, Any] = field(default_factory=dict)
-    inputs: str = ""  # IOInfo.values (METADATA nodes carry the process groups here)
-
-
 @dataclass
 class _Flat:
     """Lists of ints held flat (a trace has tens of deps per node: as Python lists they would be
@@ -210,31 +198,22 @@ class _Flat:
         return [values[bounds[i] : bounds[i + 1]] for i in range(len(self))]
 
 
-class _Nodes:
-    """A file's nodes, to be read once, in order (`_Node`s are not kept: a file may have millions),
-    then their ctrl and data deps (`_Flat`), complete once the nodes have been read."""
+# A file's nodes as columns (id, name, node_type, dur_ns, start_ns, is_cpu, thread, flops,
+# tensor_size, comm_size, comm_type, comm_dst, comm_src, pg_name, inputs; src/chakra_nodes.rs),
+# with their ctrl and data deps.
+_Nodes = tuple[pa.RecordBatch, "_Flat", "_Flat"]
 
-    def __init__(self, nodes: Iterable[_Node], ctrl: _Flat | None = None, data: _Flat | None = None) -> None:
-        self.nodes = iter(nodes)
-        self.ctrl = ctrl
-        self.data = data
+
+def _nodes(batch: pa.RecordBatch, deps: tuple[pa.Array, pa.Array, pa.Array, pa.Array]) -> _Nodes:
+    ctrl_off, ctrl, data_off, data = (a.to_numpy() for a in deps)
+    return batch, _Flat(ctrl_off, ctrl), _Flat(data_off, data)
 
 
 def read_et(path: Path, raw: bytes | None = None) -> tuple[dict[str, Any], _Nodes]:
-    """The GlobalMetadata attributes and the Nodes of one Chakra protobuf file (decoded in Rust:
-    `tracesim._core.decode_chakra`, src/chakra_pb.rs)."""
-    meta, nodes, (ctrl_off, ctrl, data_off, data) = decode_chakra(
-        _load(path) if raw is None else raw, str(path)
-    )
-    out = (
-        _Node(nid, name, INVALID_NODE if ntype is None else ntype, dur, start, dict(attrs), inputs)
-        for nid, name, ntype, start, dur, inputs, attrs in nodes
-    )
-    flat = [
-        _Flat(np.asarray(o, np.int64), np.asarray(v, np.int64))
-        for o, v in ((ctrl_off, ctrl), (data_off, data))
-    ]
-    return dict(meta), _Nodes(out, flat[0], flat[1])
+    """The GlobalMetadata attributes and the nodes of one Chakra protobuf file, decoded in Rust
+    (`tracesim._core.decode_chakra`: src/chakra_pb.rs, src/chakra_nodes.rs) into columns."""
+    meta, batch, deps = decode_chakra(_load(path) if raw is None else raw, str(path))
+    return dict(meta), _nodes(batch, deps)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -251,53 +230,11 @@ def _int(v: Any) -> int | None:
     return None
 
 
-def _ids(v: Any) -> list[int]:
-    if isinstance(v, list):
-        if all(type(y) is int for y in v):  # the usual case, without a call per id
-            return list(v)
-        return [x for x in (_int(y) for y in v) if x is not None]
-    x = _int(v)
-    return [] if x is None or x < 0 else [x]
-
-
-def _chakra_json_nodes(stream: _JsonList, path: Path) -> _Nodes:
-    """The nodes of a Chakra JSON `workload_graph`, read one at a time as they are mapped (each
-    node's dict dropped once read), their deps appended to flat arrays; then the rest of the
-    file is read (a malformed end is an error too)."""
-    graph = _Nodes(())
-    reserved = {"Id", "Name", "NodeType", "data_deps", "ctrlDeps", "ctrl_deps", "runtime"}
-
-    def read() -> Iterator[_Node]:
-        ctrl, ctrl_len, data, data_len = array("q"), array("q"), array("q"), array("q")
-        for i, d in enumerate(stream):
-            nid = _int(d.get("Id")) if isinstance(d, dict) else None
-            if not isinstance(d, dict) or nid is None:
-                raise TraceError(f"{path}: workload_graph[{i}] is not a node with an integer 'Id'")
-            n = _Node(nid, str(d.get("Name", "")), _int(d.get("NodeType")) or INVALID_NODE)
-            node_data = _ids(d.get("data_deps"))
-            node_ctrl = _ids(d.get("ctrlDeps", d.get("ctrl_deps")))
-            try:
-                data.extend(node_data)
-                ctrl.extend(node_ctrl)
-            except OverflowError:
-                raise TraceError(f"{path}: workload_graph[{i}] (node {nid}): a dep id beyond int64") from None
-            data_len.append(len(node_data))
-            ctrl_len.append(len(node_ctrl))
-            n.dur_us = _int(d.get("runtime"))
-            n.attrs = {k: v for k, v in d.items() if k not in reserved}
-            yield n
-        stream.header()
-        graph.ctrl, graph.data = _Flat.of(ctrl_len, ctrl), _Flat.of(data_len, data)
-
-    graph.nodes = read()
-    return graph
-
-
 def _read_any(path: Path) -> tuple[str, Any]:
-    """("protobuf", (meta, nodes)), ("chakra-json", the JSON object with its `workload_graph` as
-    `_Nodes`) or ("pytorch-et", the JSON object). JSON is streamed node by node, and a PyTorch ET
-    keeps of each node only what `_et_ops` reads (`_slim_et_node`): the parsed file would be 6-8x
-    its size in Python objects."""
+    """("protobuf", (meta, nodes)), ("chakra-json", {"workload_graph": nodes}) (nodes: `_Nodes`,
+    columns read in Rust) or ("pytorch-et", the JSON object). JSON is streamed node by node, and a
+    PyTorch ET keeps of each node only what `_et_ops` reads (`_slim_et_node`): the parsed file
+    would be 6-8x its size in Python objects."""
     if not _starts_like_json(path):
         return "protobuf", read_et(path)
     json_error: TraceError | None = None
@@ -307,8 +244,9 @@ def _read_any(path: Path) -> tuple[str, Any]:
         json_error = e  # or a protobuf file whose first byte is '{' or '[' (tried next)
     else:
         if nodes.is_object:
-            if nodes.key == "workload_graph":  # read as it is mapped
-                return "chakra-json", {"workload_graph": _chakra_json_nodes(nodes, path)}
+            if nodes.key == "workload_graph":  # read again, into columns, in Rust
+                _header, batch, deps = read_chakra_json(path)
+                return "chakra-json", {"workload_graph": _nodes(batch, deps)}
             items = [_slim_et_node(d) for d in nodes]
             data = nodes.header()
             if nodes.key is not None:
@@ -391,7 +329,44 @@ class _Op:
     p2p_seq: int | None = None
     problem: str | None = None  # why a communication op could not be mapped (counted)
     fallback_kind: str = "compute"
-    op_id: int = -1
+    row: int = -1  # the op's row in its rank's `_OpColumns`
+
+
+@dataclass
+class _OpColumns:
+    """A rank's ops, a row each (strings shared: `kind` and `category` are object arrays of a few
+    distinct strings; `stream`: codes of the ops' stream keys)."""
+
+    nid: np.ndarray
+    name: pa.Array
+    kind: np.ndarray
+    category: np.ndarray
+    flops: np.ndarray  # NaN: none
+    bytes_read: np.ndarray  # -1: none
+    bytes_written: np.ndarray
+    dur: pa.Array  # int64, null: none
+    start: pa.Array
+    stream: np.ndarray
+
+    @staticmethod
+    def of_ops(ops: list[_Op]) -> _OpColumns:
+        """Columns of op records (the PyTorch ET's ops), in that order."""
+        keys: dict[tuple[Any, ...], int] = {}
+        return _OpColumns(
+            np.fromiter((o.nid for o in ops), np.int64, len(ops)),
+            pa.array([o.name for o in ops], pa.string()),
+            np.array([o.kind for o in ops], object),
+            np.array([o.category for o in ops], object),
+            np.array([np.nan if o.flops is None else o.flops for o in ops], np.float64),
+            np.array([-1 if o.bytes_read is None else o.bytes_read for o in ops], np.int64),
+            np.array([-1 if o.bytes_written is None else o.bytes_written for o in ops], np.int64),
+            pa.array([o.dur for o in ops], pa.int64()),
+            pa.array([o.start for o in ops], pa.int64()),
+            np.array([keys.setdefault(o.stream_key, len(keys)) for o in ops], np.int64),
+        )
+
+    def __len__(self) -> int:
+        return len(self.nid)
 
 
 @dataclass
@@ -399,14 +374,16 @@ class _Rank:
     path: Path
     fmt: str
     source_rank: int
-    ops: dict[int, _Op] = field(default_factory=dict)
-    # Deps (node ids, same rank) of the ops, in `ops` order; dropped nodes' ids and their deps.
+    cols: _OpColumns | None = None
+    comms: list[_Op] = field(default_factory=list)  # the communication ops (`row`: theirs in `cols`)
+    # Deps (node ids, same rank) of the ops, by row; dropped nodes' ids and their deps.
     op_deps: _Flat = field(default_factory=lambda: _Flat.of([], []))
     dropped_ids: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))
     dropped_deps: _Flat = field(default_factory=lambda: _Flat.of([], []))
     pg_ranks: dict[str, tuple[int, ...]] = field(default_factory=dict)
-    deps: _Flat = field(default_factory=lambda: _Flat.of([], []))  # resolved: indices into `ops`
-    order: list[int] = field(default_factory=list)  # topological order of kept node ids
+    deps: _Flat = field(default_factory=lambda: _Flat.of([], []))  # resolved: rows of `cols`
+    order: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))  # rows, topological
+    final_kind: np.ndarray | None = None  # the ops' kinds once communication ops are matched
 
 
 def _pg_config(text: str, into: dict[str, tuple[int, ...]], alias: dict[int, str] | None = None) -> bool:
@@ -437,90 +414,122 @@ def _pg_config(text: str, into: dict[str, tuple[int, ...]], alias: dict[int, str
     return found
 
 
+KEPT_TYPES = (MEM_LOAD_NODE, MEM_STORE_NODE, COMP_NODE, COMM_SEND_NODE, COMM_RECV_NODE, COMM_COLL_NODE)
+
+
 def _chakra_ops(r: _Rank, rank: int, graph: _Nodes, report: ChakraReport, dep_mode: DepMode) -> None:
-    kept: list[int] = []  # rows of the nodes made ops, and of the dropped ones (with their ids)
-    dropped: list[int] = []
-    dropped_ids = array("q")
-    seen: set[int] = set()
-    for row, n in enumerate(graph.nodes):
-        report.nodes += 1
-        if n.nid in seen:
-            raise TraceError(f"{r.path}: duplicate node id {n.nid}")
-        seen.add(n.nid)
-        tname = NODE_TYPE_NAMES.get(n.ntype, f"unknown NodeType {n.ntype}")
-        report.nodes_by_type[tname] += 1
-        if n.ntype not in (
-            MEM_LOAD_NODE,
-            MEM_STORE_NODE,
-            COMP_NODE,
-            COMM_SEND_NODE,
-            COMM_RECV_NODE,
-            COMM_COLL_NODE,
-        ):
-            if n.ntype == METADATA_NODE:
-                _pg_config(n.inputs, r.pg_ranks)
-            dropped.append(row)
-            try:
-                dropped_ids.append(n.nid)
-            except OverflowError:
-                raise TraceError(f"{r.path}: node id {n.nid} beyond int64 (-2^63..2^63-1)") from None
-            report.unmapped[f"{tname} (dropped; deps reconnected)"] += 1
-            continue
-        a = n.attrs
-        cpu = bool(a.get("is_cpu_op", False))
-        tid = a.get("tid", a.get("stream"))
-        base = "host" if cpu else "compute"
-        dur = None if n.dur_us is None else n.dur_us * 1000
-        op = _Op(n.nid, rank, ("cpu" if cpu else "gpu", tid), n.name, base, dur)
-        op.fallback_kind = base
-        op.start = None if n.start_us is None else n.start_us * 1000
-        size = _int(a.get("tensor_size"))
-        if n.ntype == COMP_NODE:
-            op.category = _category(n.name)
-            flops = a.get("num_ops")
-            op.flops = (
-                float(flops) if isinstance(flops, int | float) and not isinstance(flops, bool) else None
-            )
-            op.bytes_read = size if size is not None and size >= 0 else None
-        elif n.ntype in (MEM_LOAD_NODE, MEM_STORE_NODE):
-            op.kind, op.category = "memory", "copy"
-            if size is not None and size >= 0:
-                if n.ntype == MEM_LOAD_NODE:
-                    op.bytes_read = size
-                else:
-                    op.bytes_written = size
-        else:
-            op.category = "communication"
-            size = _int(a.get("comm_size"))
-            ctype = _int(a.get("comm_type"))
-            if n.ntype == COMM_COLL_NODE:
-                if ctype is None:
-                    op.problem = "COMM_COLL_NODE without comm_type (CPU-side c10d op or no metadata)"
-                elif ctype not in COMM_TYPES:
-                    op.problem = f"COMM_COLL_NODE with unsupported comm_type {ctype}"
-                else:
-                    op.coll = COMM_TYPES[ctype]
-                    op.comm_bytes = max(size or 0, 0)
-                    pg = a.get("pg_name")
-                    pgs = str(pg) if pg not in (None, "") else ""
-                    op.group_key = (pgs, None)
-            else:
-                peer = _int(a.get("comm_dst" if n.ntype == COMM_SEND_NODE else "comm_src"))
-                if peer is None:
-                    op.problem = f"{tname} without {'comm_dst' if n.ntype == COMM_SEND_NODE else 'comm_src'}"
-                else:
-                    op.peer = peer
-                    op.comm_bytes = max(size or 0, 0)
-                    op.kind = "send" if n.ntype == COMM_SEND_NODE else "recv"
-        r.ops[n.nid] = op
-        kept.append(row)
-    ctrl, data = graph.ctrl, graph.data
-    assert ctrl is not None and data is not None  # complete: the nodes have been read
+    """A Chakra file's nodes (columns) → the rank's ops, on columns: only communication nodes
+    become objects (`r.comms`)."""
+    nodes, ctrl, data = graph
+    n = nodes.num_rows
+    report.nodes += n
+    ids = nodes.column("id").to_numpy()
+    by_id = np.argsort(ids, kind="stable")
+    again = by_id[1:][ids[by_id][1:] == ids[by_id][:-1]]  # rows whose id an earlier row has
+    if len(again):
+        raise TraceError(f"{r.path}: duplicate node id {ids[again.min()]}")
+    ntype = nodes.column("node_type").to_numpy()
+    types, type_code = np.unique(ntype, return_inverse=True)
+    type_code = type_code.reshape(-1)
+    tnames = [NODE_TYPE_NAMES.get(t, f"unknown NodeType {t}") for t in types.tolist()]
+    for tname, count in zip(tnames, np.bincount(type_code, minlength=len(types)).tolist(), strict=True):
+        report.nodes_by_type[tname] += count
+    inputs = nodes.column("inputs")
+    for row in np.flatnonzero(ntype == METADATA_NODE).tolist():
+        _pg_config(inputs[row].as_py() or "", r.pg_ranks)
+    kept = np.isin(ntype, KEPT_TYPES)
+    rows, dropped = np.flatnonzero(kept), np.flatnonzero(~kept)
+    _counted(
+        report.unmapped, [f"{t} (dropped; deps reconnected)" for t in tnames], type_code[dropped], dropped
+    )
     deps = data if dep_mode == "data" else ctrl if dep_mode == "ctrl" else data.union(ctrl)
-    graph.ctrl = graph.data = None
-    r.op_deps = deps.select(np.array(kept, np.int64))
-    r.dropped_deps = deps.select(np.array(dropped, np.int64))
-    r.dropped_ids = np.frombuffer(dropped_ids, np.int64).copy()
+    r.op_deps, r.dropped_deps, r.dropped_ids = deps.select(rows), deps.select(dropped), ids[dropped]
+
+    # The kept nodes' columns, then the ops' by kind.
+    take = pa.array(rows)
+
+    def col(name: str) -> pa.Array:
+        return nodes.column(name).take(take)
+
+    t = ntype[rows]
+    cpu = col("is_cpu").to_numpy(zero_copy_only=False)
+    name = col("name")
+    kind = np.where(cpu, "host", "compute").astype(object)
+    category = np.full(len(rows), None, object)
+    comp, memory = t == COMP_NODE, np.isin(t, (MEM_LOAD_NODE, MEM_STORE_NODE))
+    comm = np.isin(t, (COMM_SEND_NODE, COMM_RECV_NODE, COMM_COLL_NODE))
+    name_idx, names = _codes(name)
+    category[comp] = np.array([_category(w) for w in names] + [None], object)[name_idx][comp]
+    kind[memory], category[memory], category[comm] = "memory", "copy", "communication"
+    flops = np.where(comp, pc.fill_null(col("flops"), np.nan).to_numpy(zero_copy_only=False), np.nan)
+    size = pc.fill_null(col("tensor_size"), -1).to_numpy(zero_copy_only=False)
+    bytes_read = np.where((comp | (t == MEM_LOAD_NODE)) & (size >= 0), size, -1)
+    bytes_written = np.where((t == MEM_STORE_NODE) & (size >= 0), size, -1)
+    thread_idx, threads = _codes(col("thread"))
+    keys: dict[tuple[bool, Any], int] = {}
+    stream = (
+        np.array(
+            [
+                keys.setdefault((c, threads[i] if i >= 0 else None), len(keys))
+                for c, i in zip(cpu.tolist(), thread_idx.tolist(), strict=True)
+            ],
+            np.int64,
+        )
+        if len(rows)
+        else np.zeros(0, np.int64)
+    )
+    r.cols = _OpColumns(
+        ids[rows],
+        name,
+        kind,
+        category,
+        flops,
+        bytes_read,
+        bytes_written,
+        col("dur_ns"),
+        col("start_ns"),
+        stream,
+    )
+
+    # Communication nodes: their collective or peer, as objects (a trace has few).
+    for row in np.flatnonzero(comm).tolist():
+        node_type = int(t[row])
+        base = "host" if cpu[row] else "compute"
+        op = _Op(
+            int(ids[rows[row]]),
+            rank,
+            (),
+            "",
+            base,
+            None,
+            category="communication",
+            fallback_kind=base,
+            row=row,
+        )
+        get = {
+            k: nodes.column(k)[int(rows[row])].as_py()
+            for k in ("comm_size", "comm_type", "comm_dst", "comm_src", "pg_name")
+        }
+        size_c = get["comm_size"]
+        if node_type == COMM_COLL_NODE:
+            ctype = get["comm_type"]
+            if ctype is None:
+                op.problem = "COMM_COLL_NODE without comm_type (CPU-side c10d op or no metadata)"
+            elif ctype not in COMM_TYPES:
+                op.problem = f"COMM_COLL_NODE with unsupported comm_type {ctype}"
+            else:
+                op.coll = COMM_TYPES[ctype]
+                op.comm_bytes = max(size_c or 0, 0)
+                op.group_key = (get["pg_name"] or "", None)
+        else:
+            key = "comm_dst" if node_type == COMM_SEND_NODE else "comm_src"
+            if get[key] is None:
+                op.problem = f"{NODE_TYPE_NAMES[node_type]} without {key}"
+            else:
+                op.peer = get[key]
+                op.comm_bytes = max(size_c or 0, 0)
+                op.kind = "send" if node_type == COMM_SEND_NODE else "recv"
+        r.comms.append(op)
 
 
 ET_ROOTS = ("[pytorch|profiler|execution_trace|", "[pytorch|profiler|execution_graph|")
@@ -585,6 +594,7 @@ def _et_ops(r: _Rank, rank: int, data: dict[str, Any], report: ChakraReport) -> 
 
     tops: dict[int, int | None] = {}  # node → its top-level operator (memo of `top_of`)
     launched_by: dict[int, int] = {}  # collective → the top-level operator it depends on
+    ops: dict[int, _Op] = {}
 
     def top_of(nid: int) -> int | None:
         """The ancestor of `nid` (or itself) whose parent is a thread root; None outside threads."""
@@ -631,7 +641,7 @@ def _et_ops(r: _Rank, rank: int, data: dict[str, Any], report: ChakraReport) -> 
             p = parent[nid]
             assert p is not None
             tkey = ("thread", _et_attrs(by_id[p]).get("tid", p))
-            r.ops[nid] = _Op(nid, rank, tkey, name, "host", None, fallback_kind="host")
+            ops[nid] = _Op(nid, rank, tkey, name, "host", None, fallback_kind="host")
             continue
         if name != "record_param_comms":
             report.unmapped[
@@ -676,18 +686,20 @@ def _et_ops(r: _Rank, rank: int, data: dict[str, Any], report: ChakraReport) -> 
             op.name = f"{by_id[top].get('name', name)} [{coll}]"
         op.coll, op.comm_bytes, op.group_key = coll, nbytes, (pgs, ranks)
         op.dtype = FORMAT_DTYPE.get(dtype)
-        r.ops[nid] = op
-    r.op_deps = _Flat.of_lists([[launched_by[nid]] if nid in launched_by else [] for nid in r.ops])
+        ops[nid] = op
+    r.op_deps = _Flat.of_lists([[launched_by[nid]] if nid in launched_by else [] for nid in ops])
+    for row, op in enumerate(ops.values()):
+        op.row = row
+    r.cols = _OpColumns.of_ops(list(ops.values()))
+    r.comms = [op for op in ops.values() if op.category == "communication"]
 
 
 def _resolve_deps(r: _Rank, report: ChakraReport) -> None:
     """`r.deps`: the ops' deps only to kept nodes, through dropped nodes transitively (a chain of
     any length), unknown ids counted; then `r.order`, Kahn's order with the lowest node id first
     among the ready nodes (the Chakra feeder's order). In Rust: `tracesim._core.resolve_chakra_deps`."""
-    try:
-        ids = np.fromiter(r.ops, np.int64, len(r.ops))
-    except OverflowError:
-        raise TraceError(f"{r.path}: a node id beyond int64 (-2^63..2^63-1)") from None
+    assert r.cols is not None
+    ids = r.cols.nid
     deps, dropped = r.op_deps, r.dropped_deps
     resolved, stuck = resolve_chakra_deps(
         pa.array(ids),
@@ -704,7 +716,7 @@ def _resolve_deps(r: _Rank, report: ChakraReport) -> None:
         )
     offsets, flat, order, reconnected, outside = resolved
     r.deps = _Flat(offsets.to_numpy(), flat.to_numpy())
-    r.order = ids[order.to_numpy()].tolist()
+    r.order = order.to_numpy()
     r.op_deps = r.dropped_deps = _Flat.of([], [])  # resolved: no longer needed
     report.deps += len(flat)
     report.deps_reconnected += reconnected
@@ -716,9 +728,12 @@ def _match(ranks: list[_Rank], report: ChakraReport) -> dict[int, tuple[str, lis
     present = {r.source_rank: i for i, r in enumerate(ranks)}
     group_ids: dict[tuple[str, tuple[int, ...]], int] = {}
     per: dict[tuple[int, int], list[_Op]] = defaultdict(list)
+    for r in ranks:  # the communication ops in topological order
+        at = np.empty(len(r.order), np.int64)
+        at[r.order] = np.arange(len(r.order))
+        r.comms.sort(key=lambda op: at[op.row])
     for i, r in enumerate(ranks):
-        for nid in r.order:
-            op = r.ops[nid]
+        for op in r.comms:
             if op.problem is not None or op.coll is None or op.group_key is None:
                 continue
             pg, members = op.group_key
@@ -754,8 +769,7 @@ def _match(ranks: list[_Rank], report: ChakraReport) -> dict[int, tuple[str, lis
     sends: dict[tuple[int, int], list[_Op]] = defaultdict(list)
     recvs: dict[tuple[int, int], list[_Op]] = defaultdict(list)
     for i, r in enumerate(ranks):
-        for nid in r.order:
-            op = r.ops[nid]
+        for op in r.comms:
             if op.kind not in ("send", "recv") or op.problem is not None:
                 continue
             assert op.peer is not None
@@ -779,7 +793,7 @@ def _match(ranks: list[_Rank], report: ChakraReport) -> dict[int, tuple[str, lis
         for extra in s[len(v) :] + v[len(s) :]:
             extra.problem = f"{extra.kind} without a matching {'recv' if extra.kind == 'send' else 'send'}"
     for r in ranks:
-        for op in r.ops.values():
+        for op in r.comms:
             if op.problem is not None:
                 report.collective_problems[op.problem] += 1
                 op.kind, op.category = op.fallback_kind, "communication"
@@ -788,49 +802,99 @@ def _match(ranks: list[_Rank], report: ChakraReport) -> dict[int, tuple[str, lis
 
 
 def _build(ranks: list[_Rank], groups_by_id: dict[int, tuple[str, list[int]]], source: str) -> Trace:
-    order: list[_Op] = []
+    """The ops table: each rank's ops in topological order (op_ids rank after rank), streams
+    numbered in order of first use; columns gathered with NumPy, the communication ops' fields
+    written in from their records."""
+    parts: dict[str, list[Any]] = defaultdict(list)
+    op_id_of: list[np.ndarray] = []  # per rank: row → op_id
+    offset = 0
     for i, r in enumerate(ranks):
-        streams: dict[tuple[Any, ...], int] = {}
-        for nid in r.order:
-            op = r.ops[nid]
-            op.stream_key = (i, *op.stream_key)
-            streams.setdefault(op.stream_key, len(streams))
-            order.append(op)
-        for op in r.ops.values():
-            op.stream_key = (streams[op.stream_key],)
-    for k, op in enumerate(order):
-        op.op_id = k
-    coll = [o.kind == "collective" for o in order]
-    p2p = [o.kind in ("send", "recv") for o in order]
-    table = _ops_table(
+        c = r.cols
+        assert c is not None
+        n, order = len(c), r.order
+        op_id = np.empty(n, np.int64)
+        op_id[order] = offset + np.arange(n)
+        op_id_of.append(op_id)
+        offset += n
+        # Streams: numbered by first use in topological order.
+        first = np.full(int(c.stream.max()) + 1 if n else 0, n, np.int64)
+        np.minimum.at(first, c.stream[order], np.arange(n))
+        number = np.empty(len(first), np.int64)
+        number[np.argsort(first, kind="stable")] = np.arange(len(first))
+        kind = c.kind.copy()
+        category = c.category.copy()
+        comm = {
+            k: np.full(n, None, object)
+            for k in ("coll", "group_id", "coll_seq", "comm_bytes", "peer", "p2p_seq", "dtype")
+        }
+        for op in r.comms:
+            kind[op.row], category[op.row] = op.kind, op.category
+            coll, p2p = op.kind == "collective", op.kind in ("send", "recv")
+            if coll:
+                for k in ("coll", "group_id", "coll_seq", "dtype"):
+                    comm[k][op.row] = getattr(op, k)
+            if coll or p2p:
+                comm["comm_bytes"][op.row] = op.comm_bytes
+            if p2p:
+                comm["p2p_seq"][op.row] = op.p2p_seq
+                comm["peer"][op.row] = None if op.peer is None else _peer_index(ranks, op.peer)
+        take = pa.array(order)
+        parts["rank"].append(np.full(n, i, np.int64))
+        parts["stream"].append(number[c.stream[order]])
+        parts["name"].append(c.name.take(take))
+        parts["kind"].append(kind[order])
+        parts["category"].append(category[order])
+        parts["flops"].append(c.flops[order])
+        parts["bytes_read"].append(c.bytes_read[order])
+        parts["bytes_written"].append(c.bytes_written[order])
+        parts["duration_ns"].append(c.dur.take(take))
+        parts["start_ns"].append(c.start.take(take))
+        for k, v in comm.items():
+            parts[k].append(v[order])
+        r.final_kind = kind
+    total = offset
+
+    def cat(k: str) -> np.ndarray:
+        return np.concatenate(parts[k]) if parts[k] else np.zeros(0)
+
+    def typed(k: str, values: np.ndarray | list[Any]) -> pa.Array:
+        return pa.array(values, OP_COLUMN_TYPES[k])
+
+    def ints(k: str) -> pa.Array:
+        v = cat(k).astype(np.int64)
+        return pa.array(v, OP_COLUMN_TYPES[k], mask=v < 0)
+
+    flops = cat("flops").astype(np.float64)
+    table = pa.table(
         {
-            "op_id": [o.op_id for o in order],
-            "rank": [o.rank for o in order],
-            "stream": [o.stream_key[0] for o in order],
-            "name": [o.name for o in order],
-            "kind": [o.kind for o in order],
-            "category": [o.category for o in order],
-            "dtype": [o.dtype if c else None for o, c in zip(order, coll, strict=True)],
-            "flops": [o.flops for o in order],
-            "bytes_read": [o.bytes_read for o in order],
-            "bytes_written": [o.bytes_written for o in order],
-            "duration_ns": [o.dur for o in order],
-            "start_ns": [o.start for o in order],
-            "deps": _deps_column(ranks),
-            "coll": [o.coll if c else None for o, c in zip(order, coll, strict=True)],
-            "group_id": [o.group_id if c else None for o, c in zip(order, coll, strict=True)],
-            "coll_seq": [o.coll_seq if c else None for o, c in zip(order, coll, strict=True)],
-            "comm_bytes": [
-                o.comm_bytes if c or q else None for o, c, q in zip(order, coll, p2p, strict=True)
-            ],
-            "peer": [
-                None if not q or o.peer is None else _peer_index(ranks, o.peer)
-                for o, q in zip(order, p2p, strict=True)
-            ],
-            "p2p_seq": [o.p2p_seq if q else None for o, q in zip(order, p2p, strict=True)],
+            "op_id": typed("op_id", np.arange(total)),
+            "rank": typed("rank", cat("rank").astype(np.int64)),
+            "stream": typed("stream", cat("stream").astype(np.int64)),
+            "name": pa.concat_arrays(parts["name"]) if parts["name"] else pa.array([], pa.string()),
+            "kind": typed("kind", cat("kind").tolist()),
+            "category": typed("category", cat("category").tolist()),
+            "dtype": typed("dtype", cat("dtype").tolist()),
+            "flops": pa.array(flops, OP_COLUMN_TYPES["flops"], mask=np.isnan(flops)),
+            "bytes_read": ints("bytes_read"),
+            "bytes_written": ints("bytes_written"),
+            "duration_ns": pa.concat_arrays(parts["duration_ns"]).cast(OP_COLUMN_TYPES["duration_ns"])
+            if parts["duration_ns"]
+            else pa.array([], OP_COLUMN_TYPES["duration_ns"]),
+            "start_ns": pa.concat_arrays(parts["start_ns"]).cast(OP_COLUMN_TYPES["start_ns"])
+            if parts["start_ns"]
+            else pa.array([], OP_COLUMN_TYPES["start_ns"]),
+            "deps": _deps_column(ranks, op_id_of),
+            "coll": typed("coll", cat("coll").tolist()),
+            "group_id": typed("group_id", cat("group_id").tolist()),
+            "coll_seq": typed("coll_seq", cat("coll_seq").tolist()),
+            "comm_bytes": typed("comm_bytes", cat("comm_bytes").tolist()),
+            "peer": typed("peer", cat("peer").tolist()),
+            "p2p_seq": typed("p2p_seq", cat("p2p_seq").tolist()),
         }
     )
-    used = sorted({o.group_id for o in order if o.kind == "collective" and o.group_id is not None})
+    used = sorted(
+        {op.group_id for r in ranks for op in r.comms if op.kind == "collective" and op.group_id is not None}
+    )
     return _to_trace(
         table,
         used,
@@ -841,17 +905,18 @@ def _build(ranks: list[_Rank], groups_by_id: dict[int, tuple[str, list[int]]], s
     )
 
 
-def _deps_column(ranks: list[_Rank]) -> pa.Array:
-    """The ops' deps as op ids, in op_id order: from each rank's resolved deps (indices into its
-    ops), without a Python object per dep (a trace has tens of deps per op)."""
-    lists, op_ids = [], []
-    for r in ranks:
-        op_id = np.fromiter((op.op_id for op in r.ops.values()), np.int64, len(r.ops))
+def _deps_column(ranks: list[_Rank], op_id_of: list[np.ndarray]) -> pa.Array:
+    """The ops' deps as op ids, in op_id order, from each rank's resolved deps (rows of its ops):
+    without a Python object per dep (a trace has tens of deps per op)."""
+    lists = []
+    rows = []
+    for r, op_id in zip(ranks, op_id_of, strict=True):
         lists.append(pa.LargeListArray.from_arrays(pa.array(r.deps.offsets), pa.array(op_id[r.deps.values])))
-        op_ids.append(op_id)
-    by_op_id = np.empty(sum(map(len, op_ids)), np.int64)  # op_id → row among the ranks' ops
-    if len(by_op_id):
-        by_op_id[np.concatenate(op_ids)] = np.arange(len(by_op_id))
+        rows.append(op_id)
+    if not lists:
+        return pa.array([], OP_COLUMN_TYPES["deps"])
+    by_op_id = np.empty(sum(map(len, rows)), np.int64)  # op_id → row among the ranks' ops
+    by_op_id[np.concatenate(rows)] = np.arange(len(by_op_id))
     deps = pa.chunked_array(lists, pa.large_list(pa.int64())).combine_chunks().take(pa.array(by_op_id))
     return deps.cast(OP_COLUMN_TYPES["deps"])
 
@@ -911,7 +976,7 @@ def _ingest(
         if fmt == "protobuf":
             _chakra_ops(r, order, data[1], report, dep_mode)
         elif fmt == "chakra-json":
-            if not isinstance(data.get("workload_graph"), _Nodes):
+            if not isinstance(data.get("workload_graph"), tuple):
                 raise TraceError(f"{path}: Chakra JSON without a 'workload_graph' list")
             _chakra_ops(r, order, data["workload_graph"], report, dep_mode)
         else:
@@ -925,14 +990,16 @@ def _ingest(
     # Ranks renumbered 0..R-1 in source-rank order.
     ranks.sort(key=lambda r: r.source_rank)
     for i, r in enumerate(ranks):
-        for op in r.ops.values():
+        for op in r.comms:
             op.rank = i
     report.source_ranks = [r.source_rank for r in ranks]
     groups = _match(ranks, report)
     trace = _build(ranks, groups, source)
     for r in ranks:
-        for op in r.ops.values():
-            report.ops_by_kind[op.kind] += 1
+        assert r.final_kind is not None
+        words, counts = np.unique(r.final_kind.astype(str), return_counts=True)
+        for w, c in zip(words.tolist(), counts.tolist(), strict=True):
+            report.ops_by_kind[w] += c
     return trace, report
 
 
