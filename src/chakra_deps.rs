@@ -8,14 +8,16 @@ use std::collections::{BinaryHeap, HashMap, HashSet};
 
 /// Lists of ids as (offsets, values): list `i` is `values[offsets[i]..offsets[i + 1]]`.
 pub struct Lists<'a> {
-    pub offsets: &'a [usize],
+    pub offsets: &'a [i64],
     pub values: &'a [i64],
 }
 
 impl Lists<'_> {
+    /// List `i` (empty when the offsets are not a valid range of `values`).
     fn get(&self, i: usize) -> &[i64] {
-        match (self.offsets.get(i), self.offsets.get(i + 1)) {
-            (Some(&s), Some(&e)) if s <= e && e <= self.values.len() => &self.values[s..e],
+        let at = |k: usize| self.offsets.get(k).and_then(|&o| usize::try_from(o).ok());
+        match (at(i), at(i + 1)) {
+            (Some(s), Some(e)) if s <= e && e <= self.values.len() => &self.values[s..e],
             _ => &[],
         }
     }
@@ -25,11 +27,14 @@ impl Lists<'_> {
     }
 }
 
-/// The kept nodes' deps (indices into the kept nodes, first occurrences in order) and their order.
+/// The kept nodes in topological order (`order`: their indices among the kept nodes) and their
+/// deps in that order, as positions in it (list k, of the node at `order[k]`, is
+/// `deps[offsets[k]..offsets[k + 1]]`; first occurrences, in the order the node gave them).
 #[derive(Debug, PartialEq)]
 pub struct Resolved {
-    pub deps: Vec<Vec<usize>>,
-    pub order: Vec<usize>,
+    pub offsets: Vec<i32>,
+    pub deps: Vec<i32>,
+    pub order: Vec<i32>,
     /// Deps that went through a dropped node, reconnected to its deps.
     pub reconnected: u64,
     /// Deps on ids not in the file (ignored).
@@ -37,13 +42,17 @@ pub struct Resolved {
 }
 
 /// Resolves the deps of the kept nodes `ids` (`deps`: theirs) through the dropped nodes
-/// `dropped_ids` (`dropped_deps`); Err: the ids of the nodes on or after a cycle, sorted.
+/// `dropped_ids` (`dropped_deps`); Err: the ids of the nodes on or after a cycle, sorted, or
+/// (empty) more nodes or deps than int32 indexes.
 pub fn resolve(
     ids: &[i64],
     deps: &Lists<'_>,
     dropped_ids: &[i64],
     dropped_deps: &Lists<'_>,
 ) -> Result<Resolved, Vec<i64>> {
+    if ids.len() >= i32::MAX as usize || deps.values.len() >= i32::MAX as usize {
+        return Err(Vec::new());
+    }
     let kept: HashMap<i64, usize> = ids.iter().enumerate().map(|(i, &id)| (id, i)).collect();
     let dropped: HashMap<i64, usize> = dropped_ids.iter().enumerate().map(|(i, &id)| (id, i)).collect();
     let mut memo: Vec<Option<Vec<usize>>> = vec![None; dropped_deps.len().max(dropped_ids.len())];
@@ -98,9 +107,13 @@ pub fn resolve(
         }
     };
 
-    let mut resolved: Vec<Vec<usize>> = Vec::with_capacity(ids.len());
+    let mut offsets: Vec<i32> = Vec::with_capacity(ids.len() + 1);
+    offsets.push(0);
+    let mut flat: Vec<i32> = Vec::with_capacity(deps.values.len());
+    let mut new: Vec<usize> = Vec::new();
+    let mut seen: HashSet<usize> = HashSet::new();
     for (i, &id) in ids.iter().enumerate() {
-        let mut new = Vec::new();
+        new.clear();
         for &d in deps.get(i) {
             if d == id {
                 continue;
@@ -115,25 +128,39 @@ pub fn resolve(
                 outside += 1;
             }
         }
-        resolved.push(first_occurrences(new));
+        seen.clear();
+        flat.extend(new.iter().filter(|&&k| seen.insert(k)).map(|&k| k as i32));
+        offsets.push(flat.len() as i32);
     }
 
-    // Kahn's order, the lowest id first among the ready nodes.
-    let mut indeg: Vec<usize> = resolved.iter().map(Vec::len).collect();
-    let mut users: Vec<Vec<usize>> = vec![Vec::new(); ids.len()];
-    for (i, ds) in resolved.iter().enumerate() {
-        for &d in ds {
-            users[d].push(i);
+    // Kahn's order, the lowest id first among the ready nodes; users as flat lists, in order.
+    let dep_range = |i: usize| offsets[i] as usize..offsets[i + 1] as usize;
+    let mut indeg: Vec<usize> = (0..ids.len()).map(|i| dep_range(i).len()).collect();
+    let mut user_start = vec![0usize; ids.len() + 1];
+    for &d in &flat {
+        user_start[d as usize + 1] += 1;
+    }
+    for i in 0..ids.len() {
+        user_start[i + 1] += user_start[i];
+    }
+    let mut users = vec![0u32; flat.len()];
+    let mut fill = user_start.clone();
+    for i in 0..ids.len() {
+        for &d in &flat[dep_range(i)] {
+            users[fill[d as usize]] = i as u32;
+            fill[d as usize] += 1;
         }
     }
+    drop(fill);
     let mut ready: BinaryHeap<Reverse<(i64, usize)>> = (0..ids.len())
         .filter(|&i| indeg[i] == 0)
         .map(|i| Reverse((ids[i], i)))
         .collect();
-    let mut order = Vec::with_capacity(ids.len());
+    let mut order: Vec<i32> = Vec::with_capacity(ids.len());
     while let Some(Reverse((_, i))) = ready.pop() {
-        order.push(i);
-        for &u in &users[i] {
+        order.push(i as i32);
+        for &u in &users[user_start[i]..user_start[i + 1]] {
+            let u = u as usize;
             indeg[u] -= 1;
             if indeg[u] == 0 {
                 ready.push(Reverse((ids[u], u)));
@@ -145,8 +172,23 @@ pub fn resolve(
         stuck.sort_unstable();
         return Err(stuck);
     }
+    drop(users);
+    drop(indeg);
+    // The deps in topological order, as positions in it.
+    let mut position = vec![0i32; ids.len()];
+    for (k, &i) in order.iter().enumerate() {
+        position[i as usize] = k as i32;
+    }
+    let mut sorted_offsets = Vec::with_capacity(offsets.len());
+    sorted_offsets.push(0i32);
+    let mut sorted = Vec::with_capacity(flat.len());
+    for &i in &order {
+        sorted.extend(flat[dep_range(i as usize)].iter().map(|&d| position[d as usize]));
+        sorted_offsets.push(sorted.len() as i32);
+    }
     Ok(Resolved {
-        deps: resolved,
+        offsets: sorted_offsets,
+        deps: sorted,
         order,
         reconnected,
         outside,
@@ -162,12 +204,12 @@ fn first_occurrences(v: Vec<usize>) -> Vec<usize> {
 mod tests {
     use super::*;
 
-    fn lists(v: &[&[i64]]) -> (Vec<usize>, Vec<i64>) {
+    fn lists(v: &[&[i64]]) -> (Vec<i64>, Vec<i64>) {
         let mut offsets = vec![0];
         let mut values = Vec::new();
         for l in v {
             values.extend_from_slice(l);
-            offsets.push(values.len());
+            offsets.push(values.len() as i64);
         }
         (offsets, values)
     }
@@ -190,9 +232,29 @@ mod tests {
             },
         )
         .expect("acyclic");
-        assert_eq!(r.deps, vec![vec![], vec![0], vec![0, 1]]);
+        assert_eq!((r.offsets, r.deps), (vec![0, 0, 1, 3], vec![0, 0, 1]));
         assert_eq!(r.order, vec![0, 1, 2]);
         assert_eq!((r.reconnected, r.outside), (1, 2)); // 99 and 77 are not in the file
+    }
+
+    #[test]
+    fn deps_in_topological_order() {
+        // 30 depends on 10: 10 (row 1) comes first; 30's dep is position 0.
+        let (ko, kv) = lists(&[&[10], &[]]);
+        let r = resolve(
+            &[30, 10],
+            &Lists {
+                offsets: &ko,
+                values: &kv,
+            },
+            &[],
+            &Lists {
+                offsets: &[0],
+                values: &[],
+            },
+        )
+        .expect("acyclic");
+        assert_eq!((r.order, r.offsets, r.deps), (vec![1, 0], vec![0, 0, 1], vec![0]));
     }
 
     #[test]
@@ -216,7 +278,7 @@ mod tests {
             },
         )
         .expect("acyclic");
-        assert_eq!(r.deps, vec![vec![], vec![0]]);
+        assert_eq!((r.offsets, r.deps), (vec![0, 0, 1], vec![0]));
     }
 
     #[test]
@@ -252,6 +314,6 @@ mod tests {
             },
         )
         .expect("acyclic");
-        assert_eq!(r.deps, vec![Vec::<usize>::new()]);
+        assert_eq!((r.offsets, r.deps), (vec![0, 0], vec![]));
     }
 }

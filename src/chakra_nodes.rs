@@ -116,6 +116,14 @@ fn py_str(v: &AttrValue) -> String {
 }
 
 impl NodeColumns {
+    /// Gives back the unused capacity of the deps (the largest columns).
+    pub fn shrink(&mut self) {
+        for lists in [&mut self.ctrl, &mut self.data] {
+            lists.values.shrink_to_fit();
+            lists.offsets.shrink_to_fit();
+        }
+    }
+
     pub fn new() -> Self {
         NodeColumns {
             ctrl: FlatLists::new(),

@@ -316,8 +316,9 @@ type ChakraNodes<'py> = (Bound<'py, PyAny>, Bound<'py, PyAny>, Bound<'py, PyAny>
 /// The node columns as Python values: (RecordBatch, (ctrl offsets, ctrl, data offsets, data)).
 fn node_columns<'py>(
     py: Python<'py>,
-    c: crate::chakra_nodes::NodeColumns,
+    mut c: crate::chakra_nodes::NodeColumns,
 ) -> PyResult<(Bound<'py, PyAny>, Bound<'py, PyAny>)> {
+    c.shrink();
     use arrow_array::{BooleanArray as Bools, Float64Array, StringArray};
     let ints = |v: Vec<Option<i64>>| -> ArrayRef { Arc::new(Int64Array::from(v)) };
     let strs = |v: Vec<Option<String>>| -> ArrayRef { Arc::new(StringArray::from(v)) };
@@ -379,27 +380,27 @@ pub fn read_chakra_json(py: Python<'_>, path: PathBuf) -> PyResult<ChakraNodes<'
     Ok((pyo3::types::PyList::new(py, header)?.into_any(), nodes, deps))
 }
 
-/// An int64 pyarrow array's values (no nulls).
-fn int64_values(a: &pyo3_arrow::PyArray, what: &str) -> PyResult<Vec<i64>> {
+/// An int64 pyarrow array's values (no nulls), borrowed.
+fn int64_values<'a>(a: &'a pyo3_arrow::PyArray, what: &str) -> PyResult<&'a [i64]> {
     let col = a
         .array()
         .as_any()
         .downcast_ref::<Int64Array>()
         .filter(|c| c.null_count() == 0)
         .ok_or_else(|| PyValueError::new_err(format!("{what}: not an int64 array without nulls")))?;
-    Ok(col.values().to_vec())
+    Ok(col.values())
 }
 
-fn offsets_of(a: &pyo3_arrow::PyArray, what: &str) -> PyResult<Vec<usize>> {
-    int64_values(a, what)?
-        .into_iter()
-        .map(|o| usize::try_from(o).map_err(|_| PyValueError::new_err(format!("{what}: a negative offset"))))
-        .collect()
-}
-
-/// (offsets, deps as indices of the kept nodes, order (indices): int64 pyarrow arrays;
+/// (offsets, deps as indices of the kept nodes, order (indices): int32 pyarrow arrays;
 /// reconnected; outside) or, on a cycle, the sorted ids of the nodes stuck on or after it.
 type ResolvedDeps<'py> = (Bound<'py, PyAny>, Bound<'py, PyAny>, Bound<'py, PyAny>, u64, u64);
+
+/// An int32 pyarrow array of `values`.
+fn int32_array(py: Python<'_>, values: Vec<i32>) -> PyResult<Bound<'_, PyAny>> {
+    let array = pyo3_arrow::PyArray::from_array_ref(Arc::new(arrow_array::Int32Array::from(values)));
+    let exported = array.to_pyarrow(py)?.unbind();
+    Ok(exported.into_bound(py))
+}
 
 /// An int64 pyarrow array of `values`.
 fn int64_array(py: Python<'_>, values: Vec<i64>) -> PyResult<Bound<'_, PyAny>> {
@@ -422,38 +423,22 @@ pub fn resolve_chakra_deps<'py>(
     dropped_deps: pyo3_arrow::PyArray,
 ) -> PyResult<(Option<ResolvedDeps<'py>>, Vec<i64>)> {
     let ids = int64_values(&ids, "ids")?;
-    let (dep_offsets, deps) = (offsets_of(&dep_offsets, "dep_offsets")?, int64_values(&deps, "deps")?);
+    let deps = crate::chakra_deps::Lists {
+        offsets: int64_values(&dep_offsets, "dep_offsets")?,
+        values: int64_values(&deps, "deps")?,
+    };
     let dropped_ids = int64_values(&dropped_ids, "dropped_ids")?;
-    let dropped_offsets = offsets_of(&dropped_offsets, "dropped_offsets")?;
-    let dropped_deps = int64_values(&dropped_deps, "dropped_deps")?;
-    let out = py.detach(|| {
-        crate::chakra_deps::resolve(
-            &ids,
-            &crate::chakra_deps::Lists {
-                offsets: &dep_offsets,
-                values: &deps,
-            },
-            &dropped_ids,
-            &crate::chakra_deps::Lists {
-                offsets: &dropped_offsets,
-                values: &dropped_deps,
-            },
-        )
-    });
+    let dropped = crate::chakra_deps::Lists {
+        offsets: int64_values(&dropped_offsets, "dropped_offsets")?,
+        values: int64_values(&dropped_deps, "dropped_deps")?,
+    };
+    let out = py.detach(|| crate::chakra_deps::resolve(ids, &deps, dropped_ids, &dropped));
     Ok(match out {
         Ok(r) => {
-            let mut offsets = Vec::with_capacity(r.deps.len() + 1);
-            offsets.push(0i64);
-            let mut flat: Vec<i64> = Vec::new();
-            for d in &r.deps {
-                flat.extend(d.iter().map(|&k| k as i64));
-                offsets.push(flat.len() as i64);
-            }
-            let order: Vec<i64> = r.order.iter().map(|&k| k as i64).collect();
             let arrays = (
-                int64_array(py, offsets)?,
-                int64_array(py, flat)?,
-                int64_array(py, order)?,
+                int32_array(py, r.offsets)?,
+                int32_array(py, r.deps)?,
+                int32_array(py, r.order)?,
             );
             (
                 Some((arrays.0, arrays.1, arrays.2, r.reconnected, r.outside)),

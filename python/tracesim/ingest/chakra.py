@@ -58,10 +58,10 @@ from tracesim.ingest._common import (
     _codes,
     _counted,
     _counter_lines,
+    _ingesting,
     _JsonList,
     _load,
     _match_by_seq,
-    _no_cyclic_gc,
     _problem_lines,
     _starts_like_json,
     _to_trace,
@@ -171,7 +171,9 @@ class _Flat:
         return np.diff(self.offsets)
 
     def select(self, rows: np.ndarray) -> _Flat:
-        """The lists of `rows`, in that order."""
+        """The lists of `rows`, in that order (this one when they are all, in order)."""
+        if len(rows) == len(self) and (len(rows) == 0 or (rows[0] == 0 and bool(np.all(np.diff(rows) == 1)))):
+            return self
         lengths = self.lengths()[rows]
         out = _Flat.of(lengths, np.zeros(0, np.int64))
         starts = np.repeat(self.offsets[:-1][rows] - out.offsets[:-1], lengths)
@@ -381,7 +383,8 @@ class _Rank:
     dropped_ids: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))
     dropped_deps: _Flat = field(default_factory=lambda: _Flat.of([], []))
     pg_ranks: dict[str, tuple[int, ...]] = field(default_factory=dict)
-    deps: _Flat = field(default_factory=lambda: _Flat.of([], []))  # resolved: rows of `cols`
+    # Resolved deps, of the ops in topological order, as positions in that order.
+    deps: _Flat = field(default_factory=lambda: _Flat.of([], []))
     order: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))  # rows, topological
     final_kind: np.ndarray | None = None  # the ops' kinds once communication ops are matched
 
@@ -454,7 +457,8 @@ def _chakra_ops(r: _Rank, rank: int, graph: _Nodes, report: ChakraReport, dep_mo
     t = ntype[rows]
     cpu = col("is_cpu").to_numpy(zero_copy_only=False)
     name = col("name")
-    kind = np.where(cpu, "host", "compute").astype(object)
+    kind = np.full(len(rows), "compute", object)  # shared strings, not one per op
+    kind[cpu] = "host"
     category = np.full(len(rows), None, object)
     comp, memory = t == COMP_NODE, np.isin(t, (MEM_LOAD_NODE, MEM_STORE_NODE))
     comm = np.isin(t, (COMM_SEND_NODE, COMM_RECV_NODE, COMM_COLL_NODE))
@@ -709,13 +713,15 @@ def _resolve_deps(r: _Rank, report: ChakraReport) -> None:
         pa.array(dropped.offsets),
         pa.array(dropped.values),
     )
+    if resolved is None and not stuck:
+        raise TraceError(f"{r.path}: more than 2^31 nodes or deps in one file")
     if resolved is None:
         raise TraceError(
             f"{r.path}: dependency cycle among {len(stuck)} nodes (node ids {stuck[:10]}"
             f"{' …' if len(stuck) > 10 else ''})"
         )
     offsets, flat, order, reconnected, outside = resolved
-    r.deps = _Flat(offsets.to_numpy(), flat.to_numpy())
+    r.deps = _Flat(offsets.to_numpy(), flat.to_numpy())  # in topological order, as positions in it
     r.order = order.to_numpy()
     r.op_deps = r.dropped_deps = _Flat.of([], [])  # resolved: no longer needed
     report.deps += len(flat)
@@ -806,15 +812,13 @@ def _build(ranks: list[_Rank], groups_by_id: dict[int, tuple[str, list[int]]], s
     numbered in order of first use; columns gathered with NumPy, the communication ops' fields
     written in from their records."""
     parts: dict[str, list[Any]] = defaultdict(list)
-    op_id_of: list[np.ndarray] = []  # per rank: row → op_id
+    firsts: list[int] = []  # per rank: its first op_id
     offset = 0
     for i, r in enumerate(ranks):
         c = r.cols
         assert c is not None
         n, order = len(c), r.order
-        op_id = np.empty(n, np.int64)
-        op_id[order] = offset + np.arange(n)
-        op_id_of.append(op_id)
+        firsts.append(offset)
         offset += n
         # Streams: numbered by first use in topological order.
         first = np.full(int(c.stream.max()) + 1 if n else 0, n, np.int64)
@@ -883,7 +887,7 @@ def _build(ranks: list[_Rank], groups_by_id: dict[int, tuple[str, list[int]]], s
             "start_ns": pa.concat_arrays(parts["start_ns"]).cast(OP_COLUMN_TYPES["start_ns"])
             if parts["start_ns"]
             else pa.array([], OP_COLUMN_TYPES["start_ns"]),
-            "deps": _deps_column(ranks, op_id_of),
+            "deps": _deps_column(ranks, firsts),
             "coll": typed("coll", cat("coll").tolist()),
             "group_id": typed("group_id", cat("group_id").tolist()),
             "coll_seq": typed("coll_seq", cat("coll_seq").tolist()),
@@ -905,20 +909,23 @@ def _build(ranks: list[_Rank], groups_by_id: dict[int, tuple[str, list[int]]], s
     )
 
 
-def _deps_column(ranks: list[_Rank], op_id_of: list[np.ndarray]) -> pa.Array:
-    """The ops' deps as op ids, in op_id order, from each rank's resolved deps (rows of its ops):
-    without a Python object per dep (a trace has tens of deps per op)."""
-    lists = []
-    rows = []
-    for r, op_id in zip(ranks, op_id_of, strict=True):
-        lists.append(pa.LargeListArray.from_arrays(pa.array(r.deps.offsets), pa.array(op_id[r.deps.values])))
-        rows.append(op_id)
-    if not lists:
-        return pa.array([], OP_COLUMN_TYPES["deps"])
-    by_op_id = np.empty(sum(map(len, rows)), np.int64)  # op_id → row among the ranks' ops
-    by_op_id[np.concatenate(rows)] = np.arange(len(by_op_id))
-    deps = pa.chunked_array(lists, pa.large_list(pa.int64())).combine_chunks().take(pa.array(by_op_id))
-    return deps.cast(OP_COLUMN_TYPES["deps"])
+def _deps_column(ranks: list[_Rank], offsets: list[int]) -> pa.Array:
+    """The ops' deps as op ids, in op_id order: each rank's resolved deps are in its topological
+    order already, as positions in it (`_resolve_deps`), so its op ids are those plus the rank's
+    first op_id (`offsets`). No Python object per dep."""
+    lengths = [np.diff(r.deps.offsets.astype(np.int64)) for r in ranks]
+    values = []
+    for r, first in zip(ranks, offsets, strict=True):
+        v = r.deps.values.astype(np.uint64)
+        v += np.uint64(first)  # in place: one copy of the deps at a time
+        values.append(v)
+        r.deps = _Flat.of([], [])  # in the table now
+    total = np.concatenate(lengths) if lengths else np.zeros(0, np.int64)
+    bounds = np.zeros(len(total) + 1, np.int32)
+    np.cumsum(total, out=bounds[1:])
+    flat = values[0] if len(values) == 1 else np.concatenate(values) if values else np.zeros(0, np.uint64)
+    del values
+    return pa.ListArray.from_arrays(pa.array(bounds), pa.array(flat, pa.uint64()))
 
 
 def _peer_index(ranks: list[_Rank], source_rank: int) -> int:
@@ -1005,11 +1012,11 @@ def _ingest(
 
 def ingest_chakra(paths: Sequence[Path | str], *, deps: DepMode = "data") -> tuple[Trace, ChakraReport]:
     """Chakra ET files (protobuf or JSON; PyTorch ET JSON also accepted), one per rank."""
-    with _no_cyclic_gc():
+    with _ingesting():
         return _ingest(paths, deps, None, "tracesim.ingest.chakra")
 
 
 def ingest_pytorch_et(paths: Sequence[Path | str]) -> tuple[Trace, ChakraReport]:
     """PyTorch execution-trace JSON files (schemas 1.0.x, 1.1.x), one per rank."""
-    with _no_cyclic_gc():
+    with _ingesting():
         return _ingest(paths, "data", "pytorch-et", "tracesim.ingest.pytorch_et")

@@ -75,8 +75,8 @@ from tracesim.ingest._common import (
     _codes,
     _counted,
     _counter_lines,
+    _ingesting,
     _match_by_seq,
-    _no_cyclic_gc,
     _parse_json,
     _problem_lines,
     _to_trace,
@@ -521,16 +521,8 @@ def expand_kineto_paths(paths: Sequence[str | Path]) -> list[Path]:
 def _ingest_kineto(
     paths: Sequence[str | Path], time_unit: TimeUnit, hook: _Hook | None
 ) -> tuple[Trace, IngestReport]:
-    # Arrow buffers come from the C allocator that the reader and Python's large objects use, not
-    # from pyarrow's own pool, so that memory one stage frees is reused by the next (the peak is
-    # 15-25% lower; the buffers stay valid once the pool is restored).
-    pool = pa.default_memory_pool()
-    pa.set_memory_pool(pa.system_memory_pool())
-    try:
-        with _no_cyclic_gc():
-            return _ingest(paths, time_unit, hook)
-    finally:
-        pa.set_memory_pool(pool)
+    with _ingesting():
+        return _ingest(paths, time_unit, hook)
 
 
 # Kinds of ops, as codes of the ops' kind column while it is built.
