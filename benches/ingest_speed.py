@@ -13,6 +13,9 @@ memory the ingest of this file costs.
     python benches/ingest_speed.py FILE.json[.gz] ...     # e.g. benches/gen_kineto.py output
     python benches/ingest_speed.py R0.json+R1.json+...    # the rank files of one job, ingested together
     python benches/ingest_speed.py --pytorch-et ET.json ...  # PyTorch execution traces (ingest_pytorch_et)
+    python benches/ingest_speed.py --chakra R.0.et R.0.json ...  # Chakra protobuf or JSON (ingest_chakra)
+
+For Chakra, "JSON MB" is the file's size (protobuf is binary).
 """
 
 from __future__ import annotations
@@ -35,7 +38,7 @@ CHILD = r"""
 import json, resource, sys, tempfile, time
 from pathlib import Path
 import tracesim
-from tracesim.ingest import ingest_kineto, ingest_pytorch_et
+from tracesim.ingest import ingest_chakra, ingest_kineto, ingest_pytorch_et
 
 def rss():
     with open("/proc/self/status") as f:
@@ -45,10 +48,16 @@ def rss():
     return 0
 
 imported = rss()
-ingest = ingest_pytorch_et if sys.argv[1] == "pytorch-et" else ingest_kineto
-with tempfile.TemporaryDirectory() as tmp:  # the warm-up: a two-event trace of the same kind
-    tiny = Path(tmp) / "tiny.json"
-    if ingest is ingest_pytorch_et:
+ingest = {"pytorch-et": ingest_pytorch_et, "chakra": ingest_chakra}.get(sys.argv[1], ingest_kineto)
+with tempfile.TemporaryDirectory() as tmp:  # the warm-up: a tiny trace of the same kind
+    tiny = Path(tmp) / "tiny.0.json"
+    if ingest is ingest_chakra:
+        tiny.write_text(json.dumps({"workload_graph": [
+            {"Id": 1, "Name": "a", "NodeType": 4, "runtime": 5},
+            {"Id": 2, "Name": "m", "NodeType": 1, "data_deps": [1]},
+            {"Id": 3, "Name": "b", "NodeType": 4, "runtime": 5, "data_deps": [2, 1]},
+        ]}))
+    elif ingest is ingest_pytorch_et:
         tiny.write_text(json.dumps({"schema": "1.1.0", "nodes": [
             {"id": 1, "name": "[pytorch|profiler|execution_trace|thread]", "ctrl_deps": 0},
             {"id": 2, "name": "aten::mm", "ctrl_deps": 1},
@@ -84,8 +93,8 @@ def json_size(path: Path) -> int:
 
 def main(argv: list[str]) -> None:
     fmt = "kineto"
-    if argv and argv[0] == "--pytorch-et":
-        fmt, argv = "pytorch-et", argv[1:]
+    if argv and argv[0] in ("--pytorch-et", "--chakra"):
+        fmt, argv = argv[0][2:], argv[1:]
     jobs = [[Path(p) for p in a.split("+")] for a in argv] or [[DATA / p] for p in LARGEST]
     head = f"{'file':<48} {'JSON MB':>8} {'ops':>9} {'s':>7} {'MB/s':>6}"
     print(f"{head} {'peak/JSON':>9} {'(peak-imports)/JSON':>19} {'(peak-warm)/JSON':>16}")
