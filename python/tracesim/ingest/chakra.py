@@ -194,10 +194,6 @@ class _Flat:
             keep[np.unique(np.stack([rows, values], 1), axis=0, return_index=True)[1]] = True
         return _Flat.of(np.bincount(rows[keep], minlength=n), values[keep])
 
-    def lists(self) -> list[list[int]]:
-        values = self.values.tolist()
-        bounds = self.offsets.tolist()
-        return [values[bounds[i] : bounds[i + 1]] for i in range(len(self))]
 
 
 # A file's nodes as columns (id, name, node_type, dur_ns, start_ns, is_cpu, thread, flops,
