@@ -130,6 +130,9 @@ pub fn resolve(
         }
         seen.clear();
         flat.extend(new.iter().filter(|&&k| seen.insert(k)).map(|&k| k as i32));
+        if flat.len() >= i32::MAX as usize {
+            return Err(Vec::new()); // reconnected deps beyond int32 indexes
+        }
         offsets.push(flat.len() as i32);
     }
 

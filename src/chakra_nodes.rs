@@ -4,10 +4,70 @@
 
 use std::path::Path;
 
+use std::collections::HashMap;
+
+use serde_json::value::RawValue;
 use serde_json::Value;
 
 use crate::chakra_pb::{AttrValue, PbNode};
 use crate::json_stream::ListReader;
+
+/// The fields of a Chakra JSON node the mapper reads (the node's own, then its attributes).
+const NODE_KEYS: [&str; 17] = [
+    "Id",
+    "Name",
+    "NodeType",
+    "data_deps",
+    "ctrlDeps",
+    "ctrl_deps",
+    "runtime",
+    "is_cpu_op",
+    "tid",
+    "stream",
+    "num_ops",
+    "tensor_size",
+    "comm_size",
+    "comm_type",
+    "comm_dst",
+    "comm_src",
+    "pg_name",
+];
+
+/// `text` with the tokens Python's json writes for non-finite floats (NaN, Infinity, -Infinity),
+/// outside strings, as `null`.
+fn without_non_finite(text: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(text.len());
+    let (mut in_string, mut escaped) = (false, false);
+    let mut k = 0;
+    while k < text.len() {
+        let b = text[k];
+        if in_string {
+            out.push(b);
+            if escaped {
+                escaped = false;
+            } else if b == b'\\' {
+                escaped = true;
+            } else if b == b'"' {
+                in_string = false;
+            }
+            k += 1;
+            continue;
+        }
+        let rest = &text[k..];
+        if let Some(token) = [&b"-Infinity"[..], b"Infinity", b"NaN"]
+            .into_iter()
+            .find(|t| rest.starts_with(t))
+        {
+            out.extend_from_slice(b"null");
+            k += token.len();
+            continue;
+        }
+        in_string = b == b'"';
+        out.push(b);
+        k += 1;
+    }
+    out
+}
 
 /// METADATA_NODE: its `inputs` carry the process groups.
 const METADATA_NODE: i64 = 1;
@@ -226,12 +286,34 @@ pub fn read_chakra_json(
     }
     let mut i = 0usize;
     while let Some(elem) = reader.next_element()? {
-        let v: Value =
-            serde_json::from_slice(elem).map_err(|e| format!("{name}: not valid JSON: workload_graph[{i}]: {e}"))?;
-        let not_a_node = || format!("{name}: workload_graph[{i}] is not a node with an integer 'Id'");
-        let Value::Object(mut d) = v else {
-            return Err(not_a_node());
+        // Only the fields the mapper reads are parsed; the others are skipped unread (at any
+        // depth). Python writes NaN and Infinity, which are not JSON: read as null.
+        let sanitized;
+        let fields: HashMap<String, &RawValue> = match serde_json::from_slice(elem) {
+            Ok(m) => m,
+            Err(e) => {
+                sanitized = without_non_finite(elem);
+                match serde_json::from_slice(&sanitized) {
+                    Ok(m) => m,
+                    // Valid JSON but not an object: not a node; else the reader's own error.
+                    Err(_) if serde_json::from_slice::<&RawValue>(&sanitized).is_ok() => {
+                        return Err(format!(
+                            "{name}: workload_graph[{i}] is not a node with an integer 'Id'"
+                        ));
+                    }
+                    Err(_) => return Err(format!("{name}: not valid JSON: workload_graph[{i}]: {e}")),
+                }
+            }
         };
+        let mut d: HashMap<String, Value> = HashMap::new();
+        for key in NODE_KEYS {
+            if let Some(raw) = fields.get(key) {
+                let v = serde_json::from_str(raw.get())
+                    .map_err(|e| format!("{name}: not valid JSON: workload_graph[{i}].{key}: {e}"))?;
+                d.insert(key.to_owned(), v);
+            }
+        }
+        let not_a_node = || format!("{name}: workload_graph[{i}] is not a node with an integer 'Id'");
         let id = d
             .remove("Id")
             .map(attr_of)
@@ -312,6 +394,25 @@ mod tests {
         assert_eq!((cols.flops[0], cols.tensor_size[0]), (Some(10.0), Some(64)));
         assert_eq!((cols.comm_type[1], cols.comm_size[1]), (Some(0), Some(4096)));
         assert_eq!(cols.pg_name, vec![None, Some("0".to_owned())]);
+        // NaN and Infinity (Python's json writes them) read as null; deep attributes not read.
+        let deep = format!("{}{}", "[".repeat(500), "]".repeat(500));
+        let text = format!(
+            r#"{{"workload_graph": [{{"Id": 7, "NodeType": 4, "runtime": Infinity, "num_ops": NaN,
+               "name_of_s\"NaN": "NaN", "shapes": {deep}}}]}}"#
+        );
+        std::fs::write(&path, text).expect("written");
+        let mut cols = NodeColumns::new();
+        read_chakra_json(&path, |n| cols.push(n)).expect("reads");
+        assert_eq!(
+            (cols.id.clone(), cols.dur_ns.clone(), cols.flops.clone()),
+            (vec![7], vec![None], vec![None])
+        );
+        std::fs::write(&path, r#"{"workload_graph": [3]}"#).expect("written");
+        let err = read_chakra_json(&path, |n| cols.push(n)).expect_err("not an object");
+        assert!(err.contains("workload_graph[0] is not a node"), "{err}");
+        std::fs::write(&path, r#"{"workload_graph": [{"Id": 1,}]}"#).expect("written");
+        let err = read_chakra_json(&path, |n| cols.push(n)).expect_err("bad JSON");
+        assert!(err.contains("not valid JSON: workload_graph[0]"), "{err}");
         let _ = std::fs::remove_file(&path);
         std::fs::write(&path, r#"{"workload_graph": [{"Name": "x"}]}"#).expect("written");
         let err = read_chakra_json(&path, |n| cols.push(n)).expect_err("no Id");

@@ -324,7 +324,7 @@ fn node_columns<'py>(
     let strs = |v: Vec<Option<String>>| -> ArrayRef { Arc::new(StringArray::from(v)) };
     let batch = batch_of(vec![
         ("id", Arc::new(Int64Array::from(c.id))),
-        ("name", Arc::new(StringArray::from(c.name))),
+        ("name", Arc::new(arrow_array::LargeStringArray::from(c.name))),
         ("node_type", Arc::new(Int64Array::from(c.node_type))),
         ("dur_ns", ints(c.dur_ns)),
         ("start_ns", ints(c.start_ns)),

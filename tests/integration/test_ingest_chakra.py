@@ -189,6 +189,29 @@ def test_bad_input_names_file_and_offset(tmp_path: Path) -> None:
     assert r.returncode == 1 and "garbage.0.et: byte offset" in r.stderr
 
 
+def test_chakra_json_odd_but_readable(tmp_path: Path) -> None:
+    """What Python's json writes or reads is read: NaN and Infinity, attributes nested deeper than
+    any parser's recursion limit, a `workload_graph` after another top-level list, a process-group
+    config that is not JSON or too deep."""
+    graph = [
+        {"Id": 1, "Name": "pg", "NodeType": 1, "inputs": "x"},
+        {"Id": 2, "Name": "a", "NodeType": 4, "runtime": 5, "num_ops": float("nan"), "is_cpu_op": False},
+        {"Id": 3, "Name": "b", "NodeType": 4, "runtime": float("inf"), "data_deps": [2]},
+    ]
+    text = json.dumps({"workload_graph": graph})  # NaN, Infinity: Python's json writes them
+    deep = "[" * 5000 + "]" * 5000
+    text = text.replace('"inputs": "x"', f'"inputs": "{"[" * 100_000}", "shapes": {deep}')
+    path = tmp_path / "odd.0.json"
+    path.write_text(text)
+    trace, report = ingest_chakra([path])
+    ops = _ops(trace).sort("op_id")
+    assert ops["name"].to_list() == ["a", "b"] and ops["duration_ns"].to_list() == [5000, None]
+    assert ops["flops"].to_list() == [None, None] and report.nodes == 3
+    path.write_text(json.dumps({"nodes": [], "workload_graph": graph[1:]}))
+    trace, report = ingest_chakra([path])
+    assert report.formats == ["chakra-json"] and trace.num_ops == 2
+
+
 def test_long_chain_of_dropped_nodes(tmp_path: Path) -> None:
     """Deps through thousands of dropped (metadata) nodes in a row are reconnected (no recursion
     limit), and a dependency cycle is an error naming the nodes."""

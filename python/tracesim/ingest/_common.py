@@ -171,6 +171,11 @@ class _JsonList:
         for i, text in enumerate(self._reader):
             yield _parse_json(text, self.path, f"{self.key}[{i}]")
 
+    def raw_header(self) -> list[tuple[str, str]]:
+        """The object's other fields as (key, JSON text), not parsed; complete once the list has
+        been read."""
+        return self._reader.header()
+
     def header(self) -> dict[str, Any]:
         """The object's other fields; complete once the list has been read."""
         return {k: _parse_json(v, self.path, k) for k, v in self._reader.header()}

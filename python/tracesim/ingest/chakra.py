@@ -95,6 +95,9 @@ COMM_TYPES = {
     9: "barrier",
 }
 
+# Process groups larger than this are not taken as one (no job has that many ranks).
+MAX_GROUP_SIZE = 1 << 20
+
 # `<prefix>.<rank>.et` (or .json); the prefix must not end in a digit or a dot, so that a version
 # number such as `1.0.2-chakra.0.0.4.json` is not read as rank 4.
 RANK_RE = re.compile(r"^.*[^\d.]\.(\d+)\.(?:et|json)(?:\.gz)?$")
@@ -195,7 +198,6 @@ class _Flat:
         return _Flat.of(np.bincount(rows[keep], minlength=n), values[keep])
 
 
-
 # A file's nodes as columns (id, name, node_type, dur_ns, start_ns, is_cpu, thread, flops,
 # tensor_size, comm_size, comm_type, comm_dst, comm_src, pg_name, inputs; src/chakra_nodes.rs),
 # with their ctrl and data deps.
@@ -246,10 +248,14 @@ def _read_any(path: Path) -> tuple[str, Any]:
                 _header, batch, deps = read_chakra_json(path)
                 return "chakra-json", {"workload_graph": _nodes(batch, deps)}
             items = [_slim_et_node(d) for d in nodes]
+            graph = next((t for k, t in nodes.raw_header() if k == "workload_graph"), None)
+            if graph is not None and graph.lstrip().startswith("["):  # after another list
+                _header, batch, deps = read_chakra_json(path)
+                return "chakra-json", {"workload_graph": _nodes(batch, deps)}
             data = nodes.header()
             if nodes.key is not None:
                 data[nodes.key] = items
-            if "workload_graph" in data:  # read, or not a list (the mapper says so)
+            if "workload_graph" in data:  # not a list (the mapper says so)
                 return "chakra-json", data
             if isinstance(data.get("nodes"), list):
                 return "pytorch-et", data
@@ -389,7 +395,7 @@ def _pg_config(text: str, into: dict[str, tuple[int, ...]], alias: dict[int, str
     """Process groups from `[{"pg_name": …, "ranks": […], "group_size": n}]` (ranks [] = 0..n-1)."""
     try:
         data = json.loads(text)
-    except (json.JSONDecodeError, TypeError):
+    except (ValueError, TypeError, RecursionError):  # not JSON, too deep, or an int of 4,300+ digits
         return False
     if isinstance(data, list) and len(data) == 1 and isinstance(data[0], str):
         return _pg_config(data[0], into, alias)
@@ -403,7 +409,7 @@ def _pg_config(text: str, into: dict[str, tuple[int, ...]], alias: dict[int, str
         size = _int(pg.get("group_size"))
         if isinstance(ranks, list) and ranks and all(_int(r) is not None for r in ranks):
             into[str(pg["pg_name"])] = tuple(int(r) for r in ranks)
-        elif size is not None and size > 0:
+        elif size is not None and 0 < size <= MAX_GROUP_SIZE:
             into[str(pg["pg_name"])] = tuple(range(size))
         else:
             continue
@@ -674,12 +680,13 @@ def _et_ops(r: _Rank, rank: int, data: dict[str, Any], report: ChakraReport) -> 
         pgs = "" if pg is None else str(pg)
         ranks: tuple[int, ...] | None = r.pg_ranks.get(pgs)
         size = _int(a.get("pg_size"))
-        if ranks is None and size is not None and size > 0:
+        if ranks is None and size is not None and 0 < size <= MAX_GROUP_SIZE:
             start = _int(a.get("global_rank_start")) or 0
             stride = _int(a.get("global_rank_stride")) or 1
             ranks = tuple(start + stride * i for i in range(size))
-        if ranks is None and len(vals) > 7 and _int(vals[-1]) is not None and (_int(vals[-1]) or 0) > 0:
-            ranks = tuple(range(_int(vals[-1]) or 0))
+        last = _int(vals[-1]) if len(vals) > 7 else None
+        if ranks is None and last is not None and 0 < last <= MAX_GROUP_SIZE:
+            ranks = tuple(range(last))
         op = _Op(nid, rank, ("comm",), name, "compute", None, category="communication")
         if top is not None:
             launched_by[nid] = top  # its top-level operator (ET records no GPU timing)
@@ -870,7 +877,7 @@ def _build(ranks: list[_Rank], groups_by_id: dict[int, tuple[str, list[int]]], s
             "op_id": typed("op_id", np.arange(total)),
             "rank": typed("rank", cat("rank").astype(np.int64)),
             "stream": typed("stream", cat("stream").astype(np.int64)),
-            "name": pa.concat_arrays(parts["name"]) if parts["name"] else pa.array([], pa.string()),
+            "name": _names(parts["name"], ranks),
             "kind": typed("kind", cat("kind").tolist()),
             "category": typed("category", cat("category").tolist()),
             "dtype": typed("dtype", cat("dtype").tolist()),
@@ -917,11 +924,25 @@ def _deps_column(ranks: list[_Rank], offsets: list[int]) -> pa.Array:
         values.append(v)
         r.deps = _Flat.of([], [])  # in the table now
     total = np.concatenate(lengths) if lengths else np.zeros(0, np.int64)
+    if int(total.sum()) >= 2**31:
+        raise TraceError(f"{ranks[0].path}: more than 2^31 deps in the job (the table's limit)")
     bounds = np.zeros(len(total) + 1, np.int32)
     np.cumsum(total, out=bounds[1:])
     flat = values[0] if len(values) == 1 else np.concatenate(values) if values else np.zeros(0, np.uint64)
     del values
     return pa.ListArray.from_arrays(pa.array(bounds), pa.array(flat, pa.uint64()))
+
+
+def _names(parts: list[pa.Array], ranks: list[_Rank]) -> pa.Array:
+    """The ops' names as the table's strings (2 GiB of text at most)."""
+    if not parts:
+        return pa.array([], pa.string())
+    try:
+        return pa.concat_arrays([p.cast(pa.large_string()) for p in parts]).cast(pa.string())
+    except (pa.ArrowInvalid, pa.ArrowCapacityError):
+        raise TraceError(
+            f"{ranks[0].path}: more than 2 GiB of op names in the job (the table's limit)"
+        ) from None
 
 
 def _peer_index(ranks: list[_Rank], source_rank: int) -> int:
