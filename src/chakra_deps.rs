@@ -207,32 +207,42 @@ fn first_occurrences(v: Vec<usize>) -> Vec<usize> {
 mod tests {
     use super::*;
 
-    fn lists(v: &[&[i64]]) -> (Vec<i64>, Vec<i64>) {
-        let mut offsets = vec![0];
-        let mut values = Vec::new();
-        for l in v {
-            values.extend_from_slice(l);
-            offsets.push(values.len() as i64);
+    /// `resolve` of kept nodes `ids` with deps `deps`, and dropped nodes `dropped` (id, deps).
+    fn run(ids: &[i64], deps: &[&[i64]], dropped: &[(i64, &[i64])]) -> Result<Resolved, Vec<i64>> {
+        fn flat<'a>(lists: impl Iterator<Item = &'a [i64]>) -> (Vec<i64>, Vec<i64>) {
+            let mut offsets = vec![0];
+            let mut values = Vec::new();
+            for l in lists {
+                values.extend_from_slice(l);
+                offsets.push(values.len() as i64);
+            }
+            (offsets, values)
         }
-        (offsets, values)
+        let (ko, kv) = flat(deps.iter().copied());
+        let (dof, dv) = flat(dropped.iter().map(|d| d.1));
+        let dropped_ids: Vec<i64> = dropped.iter().map(|d| d.0).collect();
+        let kept = Lists {
+            offsets: &ko,
+            values: &kv,
+        };
+        resolve(
+            ids,
+            &kept,
+            &dropped_ids,
+            &Lists {
+                offsets: &dof,
+                values: &dv,
+            },
+        )
     }
 
     #[test]
     fn through_dropped_nodes_and_order() {
         // kept 10, 30, 40; dropped 20 → 10, 25 → (20, 99); 40 depends on 25, 30, itself, 77.
-        let (ko, kv) = lists(&[&[], &[10], &[25, 30, 40, 77]]);
-        let (dof, dv) = lists(&[&[10], &[20, 99]]);
-        let r = resolve(
+        let r = run(
             &[10, 30, 40],
-            &Lists {
-                offsets: &ko,
-                values: &kv,
-            },
-            &[20, 25],
-            &Lists {
-                offsets: &dof,
-                values: &dv,
-            },
+            &[&[], &[10], &[25, 30, 40, 77]],
+            &[(20, &[10]), (25, &[20, 99])],
         )
         .expect("acyclic");
         assert_eq!((r.offsets, r.deps), (vec![0, 0, 1, 3], vec![0, 0, 1]));
@@ -243,80 +253,25 @@ mod tests {
     #[test]
     fn deps_in_topological_order() {
         // 30 depends on 10: 10 (row 1) comes first; 30's dep is position 0.
-        let (ko, kv) = lists(&[&[10], &[]]);
-        let r = resolve(
-            &[30, 10],
-            &Lists {
-                offsets: &ko,
-                values: &kv,
-            },
-            &[],
-            &Lists {
-                offsets: &[0],
-                values: &[],
-            },
-        )
-        .expect("acyclic");
+        let r = run(&[30, 10], &[&[10], &[]], &[]).expect("acyclic");
         assert_eq!((r.order, r.offsets, r.deps), (vec![1, 0], vec![0, 0, 1], vec![0]));
     }
 
     #[test]
     fn a_long_chain_of_dropped_nodes() {
         let n = 100_000i64;
-        let dropped: Vec<i64> = (1..n).collect();
-        let chain: Vec<Vec<i64>> = (1..n).map(|i| vec![i - 1]).collect();
-        let refs: Vec<&[i64]> = chain.iter().map(Vec::as_slice).collect();
-        let (dof, dv) = lists(&refs);
-        let (ko, kv) = lists(&[&[], &[n - 1]]);
-        let r = resolve(
-            &[0, n],
-            &Lists {
-                offsets: &ko,
-                values: &kv,
-            },
-            &dropped,
-            &Lists {
-                offsets: &dof,
-                values: &dv,
-            },
-        )
-        .expect("acyclic");
+        let chain: Vec<(i64, Vec<i64>)> = (1..n).map(|i| (i, vec![i - 1])).collect();
+        let dropped: Vec<(i64, &[i64])> = chain.iter().map(|(i, d)| (*i, d.as_slice())).collect();
+        let r = run(&[0, n], &[&[], &[n - 1]], &dropped).expect("acyclic");
         assert_eq!((r.offsets, r.deps), (vec![0, 0, 1], vec![0]));
     }
 
     #[test]
     fn cycles() {
-        let (ko, kv) = lists(&[&[2], &[1], &[]]);
-        let err = resolve(
-            &[1, 2, 3],
-            &Lists {
-                offsets: &ko,
-                values: &kv,
-            },
-            &[],
-            &Lists {
-                offsets: &[0],
-                values: &[],
-            },
-        )
-        .expect_err("a cycle");
+        let err = run(&[1, 2, 3], &[&[2], &[1], &[]], &[]).expect_err("a cycle");
         assert_eq!(err, vec![1, 2]);
         // a cycle among dropped nodes leads nowhere (not an error)
-        let (ko, kv) = lists(&[&[5]]);
-        let (dof, dv) = lists(&[&[6], &[5]]);
-        let r = resolve(
-            &[1],
-            &Lists {
-                offsets: &ko,
-                values: &kv,
-            },
-            &[5, 6],
-            &Lists {
-                offsets: &dof,
-                values: &dv,
-            },
-        )
-        .expect("acyclic");
+        let r = run(&[1], &[&[5]], &[(5, &[6]), (6, &[5])]).expect("acyclic");
         assert_eq!((r.offsets, r.deps), (vec![0, 0], vec![]));
     }
 }

@@ -530,19 +530,43 @@ mod tests {
         v.iter().map(|s| (*s).to_owned()).collect()
     }
 
+    const NONE: Intervals<'static> = Intervals {
+        ts: &[],
+        end: &[],
+        thread: &[],
+    };
+
+    /// A rank with no events: the tests give what they need over it.
+    fn rank(names: &[String]) -> RankEvents<'_> {
+        RankEvents {
+            base: 0,
+            runtime: NONE,
+            runtime_name: &[],
+            names,
+            threads: 0,
+            gpu_ts: &[],
+            gpu_end: &[],
+            gpu_stream: &[],
+            gpu_launch: &[],
+            gpu_nccl: &[],
+            streams: 0,
+            steps: &[],
+            comms: NONE,
+            extra_deps: &[],
+        }
+    }
+
     #[test]
     fn launch_gap_and_blocking_wait() {
         // Thread 0: launch at 10..20 of kernel 0 (runs 15..100), then cudaDeviceSynchronize 30..120.
         let names = names(&["cudaLaunchKernel", "cudaDeviceSynchronize"]);
         let ev = RankEvents {
-            base: 0,
             runtime: Intervals {
                 ts: &[10, 30],
                 end: &[20, 120],
                 thread: &[0, 0],
             },
             runtime_name: &[0, 1],
-            names: &names,
             threads: 1,
             gpu_ts: &[15],
             gpu_end: &[100],
@@ -551,12 +575,7 @@ mod tests {
             gpu_nccl: &[false],
             streams: 1,
             steps: &[(0, 200, 7)],
-            comms: Intervals {
-                ts: &[],
-                end: &[],
-                thread: &[],
-            },
-            extra_deps: &[],
+            ..rank(&names)
         };
         let out = map_rank(&ev).expect("maps");
         let n = names.len();
@@ -585,28 +604,13 @@ mod tests {
         // Two kernels without launches; the second (stream 1) starts 5 µs after the first ends.
         let names = names(&[]);
         let ev = RankEvents {
-            base: 0,
-            runtime: Intervals {
-                ts: &[],
-                end: &[],
-                thread: &[],
-            },
-            runtime_name: &[],
-            names: &names,
-            threads: 0,
             gpu_ts: &[0, 15_000],
             gpu_end: &[10_000, 20_000],
             gpu_stream: &[0, 1],
             gpu_launch: &[-1, -1],
             gpu_nccl: &[false, false],
             streams: 2,
-            steps: &[],
-            comms: Intervals {
-                ts: &[],
-                end: &[],
-                thread: &[],
-            },
-            extra_deps: &[],
+            ..rank(&names)
         };
         let out = map_rank(&ev).expect("maps");
         assert_eq!(out.counts.orphan_gpu_ops, 2);
@@ -622,14 +626,12 @@ mod tests {
         // the other (each picking the other would be a cycle).
         let names = names(&["cudaLaunchKernel"]);
         let ev = RankEvents {
-            base: 0,
             runtime: Intervals {
                 ts: &[0, 10],
                 end: &[5, 15],
                 thread: &[0, 0],
             },
             runtime_name: &[0, 0],
-            names: &names,
             threads: 1,
             gpu_ts: &[100_000, 100_000],
             gpu_end: &[100_000, 100_000],
@@ -637,13 +639,7 @@ mod tests {
             gpu_launch: &[0, 1],
             gpu_nccl: &[false, false],
             streams: 2,
-            steps: &[],
-            comms: Intervals {
-                ts: &[],
-                end: &[],
-                thread: &[],
-            },
-            extra_deps: &[],
+            ..rank(&names)
         };
         let out = map_rank(&ev).expect("maps");
         assert_eq!(out.counts.inferred_stream_deps, 0);
@@ -654,28 +650,14 @@ mod tests {
     fn inconsistent_columns_are_an_error() {
         let names = names(&["x"]);
         let ev = RankEvents {
-            base: 0,
             runtime: Intervals {
                 ts: &[0],
                 end: &[1],
                 thread: &[3],
             },
             runtime_name: &[0],
-            names: &names,
             threads: 1,
-            gpu_ts: &[],
-            gpu_end: &[],
-            gpu_stream: &[],
-            gpu_launch: &[],
-            gpu_nccl: &[],
-            streams: 0,
-            steps: &[],
-            comms: Intervals {
-                ts: &[],
-                end: &[],
-                thread: &[],
-            },
-            extra_deps: &[],
+            ..rank(&names)
         };
         assert!(map_rank(&ev).is_err());
     }
@@ -718,11 +700,9 @@ mod tests {
             let gpu_launch: Vec<i64> = kernels.iter().map(|k| if k.3 < n_rt { k.3 } else { -1 }).collect();
             let gpu_nccl: Vec<bool> = kernels.iter().map(|k| k.4).collect();
             let ev = RankEvents {
-                base: 0,
-                runtime: Intervals { ts: &rt_ts, end: &rt_end, thread: &rt_thread },
+                    runtime: Intervals { ts: &rt_ts, end: &rt_end, thread: &rt_thread },
                 runtime_name: &rt_name,
-                names: &names,
-                threads,
+                    threads,
                 gpu_ts: &gpu_ts,
                 gpu_end: &gpu_end,
                 gpu_stream: &gpu_stream,
@@ -731,8 +711,8 @@ mod tests {
                 streams: 2,
                 steps: &[(0, 300, 1), (300, 700, 2)],
                 comms: Intervals { ts: &[0], end: &[50], thread: &[0] },
-                extra_deps: &[],
-            };
+                    ..rank(&names)
+        };
             let out = map_rank(&ev).map_err(TestCaseError::fail)?;
             let n = out.start.len() as i64;
             let g = kernels.len();

@@ -306,6 +306,26 @@ def _codes(col: pa.Array | pa.ChunkedArray) -> tuple[np.ndarray, list[Any]]:
     return idx, col.dictionary.to_pylist()
 
 
+def _distinct(*cols: pa.Array | pa.ChunkedArray) -> tuple[np.ndarray, list[tuple[Any, ...]]]:
+    """Per row, the index of its tuple of values among the distinct tuples; and those tuples."""
+    coded = [_codes(c) for c in cols]
+    n = len(coded[0][0])
+    if n == 0:
+        return np.zeros(0, np.int64), []
+    rows, inverse = np.unique(np.stack([c for c, _ in coded], 1), axis=0, return_inverse=True)
+    values = [
+        tuple(words[i] if i >= 0 else None for i, (_, words) in zip(row.tolist(), coded, strict=True))
+        for row in rows
+    ]
+    return inverse.reshape(-1).astype(np.int64), values
+
+
+def _ints(col: pa.Array | pa.ChunkedArray, null: int = 0) -> np.ndarray:
+    """An integer column as int64 values, nulls as `null`."""
+    values: np.ndarray = pc.fill_null(col, null).to_numpy(zero_copy_only=False)
+    return values.astype(np.int64)
+
+
 def _counted(
     counter: Counter[str],
     words: Sequence[str],

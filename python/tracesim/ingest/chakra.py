@@ -58,7 +58,9 @@ from tracesim.ingest._common import (
     _codes,
     _counted,
     _counter_lines,
+    _distinct,
     _ingesting,
+    _ints,
     _JsonList,
     _load,
     _match_by_seq,
@@ -388,7 +390,6 @@ class _Rank:
     # Resolved deps, of the ops in topological order, as positions in that order.
     deps: _Flat = field(default_factory=lambda: _Flat.of([], []))
     order: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))  # rows, topological
-    final_kind: np.ndarray | None = None  # the ops' kinds once communication ops are matched
 
 
 def _pg_config(text: str, into: dict[str, tuple[int, ...]], alias: dict[int, str] | None = None) -> bool:
@@ -468,22 +469,10 @@ def _chakra_ops(r: _Rank, rank: int, graph: _Nodes, report: ChakraReport, dep_mo
     category[comp] = np.array([_category(w) for w in names] + [None], object)[name_idx][comp]
     kind[memory], category[memory], category[comm] = "memory", "copy", "communication"
     flops = np.where(comp, pc.fill_null(col("flops"), np.nan).to_numpy(zero_copy_only=False), np.nan)
-    size = pc.fill_null(col("tensor_size"), -1).to_numpy(zero_copy_only=False)
+    size = _ints(col("tensor_size"), -1)
     bytes_read = np.where((comp | (t == MEM_LOAD_NODE)) & (size >= 0), size, -1)
     bytes_written = np.where((t == MEM_STORE_NODE) & (size >= 0), size, -1)
-    thread_idx, threads = _codes(col("thread"))
-    keys: dict[tuple[bool, Any], int] = {}
-    stream = (
-        np.array(
-            [
-                keys.setdefault((c, threads[i] if i >= 0 else None), len(keys))
-                for c, i in zip(cpu.tolist(), thread_idx.tolist(), strict=True)
-            ],
-            np.int64,
-        )
-        if len(rows)
-        else np.zeros(0, np.int64)
-    )
+    stream, _ = _distinct(col("is_cpu").cast(pa.string()), col("thread"))  # (is_cpu_op, tid)
     r.cols = _OpColumns(
         ids[rows],
         name,
@@ -810,10 +799,12 @@ def _match(ranks: list[_Rank], report: ChakraReport) -> dict[int, tuple[str, lis
     return {gid: (pg, [present[m] for m in members]) for (pg, members), gid in group_ids.items()}
 
 
-def _build(ranks: list[_Rank], groups_by_id: dict[int, tuple[str, list[int]]], source: str) -> Trace:
+def _build(
+    ranks: list[_Rank], groups_by_id: dict[int, tuple[str, list[int]]], source: str, report: ChakraReport
+) -> Trace:
     """The ops table: each rank's ops in topological order (op_ids rank after rank), streams
     numbered in order of first use; columns gathered with NumPy, the communication ops' fields
-    written in from their records."""
+    written in from their records. Counts the ops by kind in `report`."""
     parts: dict[str, list[Any]] = defaultdict(list)
     firsts: list[int] = []  # per rank: its first op_id
     offset = 0
@@ -858,7 +849,9 @@ def _build(ranks: list[_Rank], groups_by_id: dict[int, tuple[str, list[int]]], s
         parts["start_ns"].append(c.start.take(take))
         for k, v in comm.items():
             parts[k].append(v[order])
-        r.final_kind = kind
+        words, counts = np.unique(kind.astype(str), return_counts=True)
+        for w, count in zip(words.tolist(), counts.tolist(), strict=True):
+            report.ops_by_kind[w] += count
     total = offset
 
     def cat(k: str) -> np.ndarray:
@@ -1018,13 +1011,7 @@ def _ingest(
             op.rank = i
     report.source_ranks = [r.source_rank for r in ranks]
     groups = _match(ranks, report)
-    trace = _build(ranks, groups, source)
-    for r in ranks:
-        assert r.final_kind is not None
-        words, counts = np.unique(r.final_kind.astype(str), return_counts=True)
-        for w, c in zip(words.tolist(), counts.tolist(), strict=True):
-            report.ops_by_kind[w] += c
-    return trace, report
+    return _build(ranks, groups, source, report), report
 
 
 def ingest_chakra(paths: Sequence[Path | str], *, deps: DepMode = "data") -> tuple[Trace, ChakraReport]:

@@ -43,14 +43,13 @@ import pyarrow.compute as pc
 
 from tracesim._core import kineto_innermost, read_et_nodes
 from tracesim.exceptions import TraceError
-from tracesim.ingest._common import _codes, _counted, _counter_lines, _parse_json
+from tracesim.ingest._common import _codes, _counted, _counter_lines, _ints, _parse_json
 from tracesim.ingest.chakra import ET_ROOTS, RANK_RE
 from tracesim.ingest.kineto import (
     IngestReport,
     TimeUnit,
     _File,
     _ingest_kineto,
-    _ints,
     _Rank,
 )
 from tracesim.trace import Trace

@@ -75,7 +75,9 @@ from tracesim.ingest._common import (
     _codes,
     _counted,
     _counter_lines,
+    _distinct,
     _ingesting,
+    _ints,
     _match_by_seq,
     _parse_json,
     _problem_lines,
@@ -204,26 +206,6 @@ def _args(text: str | None, path: Path) -> dict[str, Any]:
         return {}
     v = _parse_json(text, path, "an event's args", parse_float=str)
     return v if isinstance(v, dict) else {}
-
-
-def _distinct(*cols: pa.Array | pa.ChunkedArray) -> tuple[np.ndarray, list[tuple[Any, ...]]]:
-    """Per row, the index of its tuple of values among the distinct tuples; and those tuples."""
-    coded = [_codes(c) for c in cols]
-    n = len(coded[0][0])
-    if n == 0:
-        return np.zeros(0, np.int64), []
-    rows, inverse = np.unique(np.stack([c for c, _ in coded], 1), axis=0, return_inverse=True)
-    values = [
-        tuple(words[i] if i >= 0 else None for i, (_, words) in zip(row.tolist(), coded, strict=True))
-        for row in rows
-    ]
-    return inverse.reshape(-1).astype(np.int64), values
-
-
-def _ints(col: pa.Array | pa.ChunkedArray, null: int = 0) -> np.ndarray:
-    """An integer column as int64 values, nulls as `null`."""
-    values: np.ndarray = pc.fill_null(col, null).to_numpy(zero_copy_only=False)
-    return values.astype(np.int64)
 
 
 # Times (ns) must lie in [-TIME_BOUND, TIME_BOUND): then every difference of two fits in int64.
